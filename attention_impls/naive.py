@@ -1,0 +1,24 @@
+"""Attention with a hand-written softmax, as in the seed write-up."""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import causal_mask, register, softmax_scale
+
+
+@register(
+    "naive",
+    saved_nxn=2,
+    backward_nxn=2,
+    description="scores, hand-written softmax (max-subtract, exp, sum, divide), weights @ V; plain autograd",
+)
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """Attention with a hand-written softmax and plain autograd."""
+    scores = (q @ k.transpose(-2, -1)) * softmax_scale(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+    row_max = scores.max(dim=-1, keepdim=True).values
+    exp_scores = torch.exp(scores - row_max)
+    weights = exp_scores / exp_scores.sum(dim=-1, keepdim=True)
+    return weights @ v

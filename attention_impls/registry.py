@@ -1,0 +1,166 @@
+"""One registry, one signature, one place where inputs are validated.
+
+Every variant computes scaled dot-product attention with the same contract:
+
+    fn(q, k, v, *, causal=False) -> out
+
+    q    (batch, heads, seq_q, head_dim)
+    k, v (batch, heads, seq_k, head_dim)
+    out  (batch, heads, seq_q, head_dim), in the inputs' dtype
+
+The softmax scale is ``1/sqrt(head_dim)``. ``causal=True`` means what
+``F.scaled_dot_product_attention(..., is_causal=True)`` means: query ``i`` sees keys
+``j <= i`` (top-left aligned), also when ``seq_q != seq_k``. Every query row sees key 0,
+so no row is ever fully masked.
+
+Variants register themselves with :func:`register`; :data:`VARIANTS` maps name to
+:class:`Variant`. A variant carries metadata (what it keeps for backward, where it runs);
+``Variant.fn`` validates the inputs at the boundary, then calls the implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+#: dtypes any variant may be asked to run in; a variant narrows this with ``dtypes``.
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+Impl = Callable[..., torch.Tensor]
+Availability = Callable[[torch.device, torch.dtype], "str | None"]
+
+
+def _always_available(device: torch.device, dtype: torch.dtype) -> str | None:
+    return None
+
+
+def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An attention implementation and what is known about it.
+
+    ``saved_nxn`` is the number of (batch, heads, seq_q, seq_k)-sized tensors autograd keeps
+    for backward, as measured by ``attnbench.census`` (non-causal); ``saved_nxn_causal`` is
+    the same for ``causal=True`` when it differs. ``backward_nxn`` is how many n×n tensors
+    the backward pass itself materialises at its peak on top of what was saved (used by the
+    memory model). ``saved_row_floats`` is the number of fp32 values per query row kept
+    for backward besides the inputs and output (e.g. 1 for a log-sum-exp).
+    """
+
+    name: str
+    impl: Impl
+    saved_nxn: int
+    description: str
+    saved_nxn_causal: int | None = None
+    backward_nxn: int = 0
+    saved_row_floats: int = 0
+    saves_output: bool = False
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    max_head_dim: int | None = None
+    head_dim_multiple: int = 1
+    availability: Availability = field(default=_always_available, repr=False)
+
+    def nxn_saved(self, causal: bool = False) -> int:
+        """n×n tensors kept for backward for this masking mode."""
+        if causal and self.saved_nxn_causal is not None:
+            return self.saved_nxn_causal
+        return self.saved_nxn
+
+    def unavailable_reason(self, device: torch.device | str, dtype: torch.dtype) -> str | None:
+        """None when the variant can run on ``device`` in ``dtype``; else a sentence saying why not."""
+        device = torch.device(device)
+        if dtype not in self.dtypes:
+            return f"{self.name} supports dtypes {_dtype_names(self.dtypes)}, not {_dtype_names((dtype,))}"
+        return self.availability(device, dtype)
+
+    def check_head_dim(self, head_dim: int) -> str | None:
+        """None when ``head_dim`` is supported; else a sentence naming what is."""
+        if self.max_head_dim is not None and head_dim > self.max_head_dim:
+            return f"{self.name} supports head_dim <= {self.max_head_dim}, got {head_dim}"
+        if head_dim % self.head_dim_multiple:
+            return f"{self.name} needs head_dim to be a multiple of {self.head_dim_multiple}, got {head_dim}"
+        return None
+
+    def fn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+        """Attention of ``q`` over ``k``/``v`` (shapes in the module docstring)."""
+        validate_inputs(q, k, v, causal=causal)
+        reason = self.unavailable_reason(q.device, q.dtype)
+        if reason is not None:
+            exc = TypeError if q.dtype not in self.dtypes else ValueError
+            raise exc(reason)
+        reason = self.check_head_dim(q.shape[-1])
+        if reason is not None:
+            raise ValueError(reason)
+        return self.impl(q, k, v, causal=causal)
+
+    __call__ = fn
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register(name: str, *, saved_nxn: int, **metadata) -> Callable[[Impl], Impl]:
+    """Decorator: register ``impl(q, k, v, *, causal)`` as variant ``name``."""
+
+    def decorate(impl: Impl) -> Impl:
+        if name in VARIANTS:
+            raise ValueError(f"variant {name!r} is already registered")
+        description = metadata.pop("description", None) or (impl.__doc__ or "").strip().splitlines()[0]
+        VARIANTS[name] = Variant(name=name, impl=impl, saved_nxn=saved_nxn, description=description, **metadata)
+        return impl
+
+    return decorate
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant ``name``; ``ValueError`` naming the registered ones otherwise."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention variant {name!r}; registered: {', '.join(VARIANTS)}") from None
+
+
+def validate_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> None:
+    """Raise ``TypeError``/``ValueError`` for anything outside the contract in the module docstring."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have 4 dimensions (batch, heads, seq, head_dim), got shape {tuple(t.shape)}"
+            )
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor ({_dtype_names(FLOAT_DTYPES)}), got {t.dtype}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    batch, heads, seq_q, head_dim = q.shape
+    for name, t in (("k", k), ("v", v)):
+        if (t.shape[0], t.shape[1], t.shape[3]) != (batch, heads, head_dim):
+            raise ValueError(
+                f"{name} must match q in batch, heads and head_dim: expected ({batch}, {heads}, seq_k, {head_dim}), "
+                f"got {tuple(t.shape)}"
+            )
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must have the same seq_k, got {k.shape[2]} and {v.shape[2]}")
+    if min(batch, heads, seq_q, k.shape[2], head_dim) < 1:
+        raise ValueError(f"every dimension must be at least 1, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+
+
+def softmax_scale(head_dim: int) -> float:
+    """The scale every variant applies to q·k: 1/sqrt(head_dim)."""
+    return 1.0 / math.sqrt(head_dim)
+
+
+def causal_mask(seq_q: int, seq_k: int, device: torch.device) -> torch.Tensor:
+    """Boolean (seq_q, seq_k) mask, True where query i may attend key j (j <= i, top-left aligned)."""
+    return torch.ones(seq_q, seq_k, dtype=torch.bool, device=device).tril()

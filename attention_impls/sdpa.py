@@ -1,0 +1,107 @@
+"""``F.scaled_dot_product_attention`` with one backend forced, and no silent fallback."""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .registry import register
+
+
+def _needs_cuda(device: torch.device, dtype: torch.dtype, *, backend: str) -> str | None:
+    if device.type != "cuda":
+        return f"the {backend} SDPA backend needs CUDA (got device {device.type})"
+    if not torch.cuda.is_available():
+        return f"the {backend} SDPA backend needs CUDA, and no CUDA device is available"
+    return None
+
+
+def _half_only_on_cuda(device: torch.device, dtype: torch.dtype, *, backend: str) -> str | None:
+    if device.type == "cuda" and dtype not in (torch.float16, torch.bfloat16):
+        return f"the {backend} SDPA backend on CUDA needs fp16/bf16, not {str(dtype).removeprefix('torch.')}"
+    return None
+
+
+def _cuda_half_only(device: torch.device, dtype: torch.dtype, *, backend: str) -> str | None:
+    return _needs_cuda(device, dtype, backend=backend) or _half_only_on_cuda(device, dtype, backend=backend)
+
+
+# torch.backends.cuda.can_use_*: the same checks SDPA's dispatcher runs, with reasons as warnings.
+_CUDA_CHECKS = {
+    SDPBackend.FLASH_ATTENTION: "can_use_flash_attention",
+    SDPBackend.EFFICIENT_ATTENTION: "can_use_efficient_attention",
+    SDPBackend.CUDNN_ATTENTION: "can_use_cudnn_attention",
+}
+
+
+def _shape_reason(backend: SDPBackend, q, k, v, causal: bool) -> str | None:
+    """Why SDPA would refuse this backend for these tensors, or None (CUDA only; CPU is tried)."""
+    check_name = _CUDA_CHECKS.get(backend)
+    if q.device.type != "cuda" or check_name is None:
+        return None
+    check = getattr(torch.backends.cuda, check_name, None)
+    if check is None:
+        return None
+    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal, False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = check(params, True)
+    if ok:
+        return None
+    why = "; ".join(str(w.message).strip() for w in caught) or "refused by PyTorch"
+    return f"the {backend.name} SDPA backend cannot run q {tuple(q.shape)} k {tuple(k.shape)} {q.dtype}: {why}"
+
+
+def _sdpa(q, k, v, *, causal: bool = False, backend: SDPBackend) -> torch.Tensor:
+    reason = _shape_reason(backend, q, k, v, causal)
+    if reason is not None:
+        raise ValueError(reason)
+    with sdpa_kernel(backend):
+        try:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        except RuntimeError as exc:
+            if "No viable backend" in str(exc) or "No available kernel" in str(exc):
+                raise ValueError(
+                    f"the {backend.name} SDPA backend cannot run q {tuple(q.shape)} {q.dtype} on {q.device}"
+                ) from exc
+            raise
+
+
+register(
+    "sdpa_math",
+    saved_nxn=1,
+    backward_nxn=2,
+    description="F.scaled_dot_product_attention, MATH backend (PyTorch ops, runs anywhere)",
+)(partial(_sdpa, backend=SDPBackend.MATH))
+
+register(
+    "sdpa_efficient",
+    saved_nxn=0,
+    saved_row_floats=1,
+    saves_output=True,
+    availability=partial(_needs_cuda, backend="efficient"),
+    description="F.scaled_dot_product_attention, memory-efficient backend (CUDA; fp32 too)",
+)(partial(_sdpa, backend=SDPBackend.EFFICIENT_ATTENTION))
+
+register(
+    "sdpa_flash",
+    saved_nxn=0,
+    saved_row_floats=1,
+    saves_output=True,
+    max_head_dim=256,
+    availability=partial(_half_only_on_cuda, backend="flash"),
+    description="F.scaled_dot_product_attention, FlashAttention-2 backend (CUDA fp16/bf16; CPU any float)",
+)(partial(_sdpa, backend=SDPBackend.FLASH_ATTENTION))
+
+register(
+    "sdpa_cudnn",
+    saved_nxn=0,
+    saved_row_floats=1,
+    saves_output=True,
+    availability=partial(_cuda_half_only, backend="cuDNN"),
+    description="F.scaled_dot_product_attention, cuDNN backend (CUDA fp16/bf16)",
+)(partial(_sdpa, backend=SDPBackend.CUDNN_ATTENTION))

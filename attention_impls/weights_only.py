@@ -1,0 +1,48 @@
+"""A custom autograd function that keeps q, k, v and the attention weights, nothing else."""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import causal_mask, register, softmax_scale
+
+
+class _WeightsOnlyAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        scale = softmax_scale(q.shape[-1])
+        scores = (q @ k.transpose(-2, -1)) * scale
+        if causal:
+            scores.masked_fill_(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        del scores  # only the weights are needed for backward
+        ctx.save_for_backward(q, k, v, weights)
+        ctx.scale = scale
+        return weights @ v
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v, weights = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_v = weights.transpose(-2, -1) @ grad_out
+        grad_weights = grad_out @ v.transpose(-2, -1)
+        # softmax backward from its output alone: dS = P * (dP - rowsum(dP * P))
+        row_dot = (grad_weights * weights).sum(dim=-1, keepdim=True)
+        grad_scores = weights * (grad_weights - row_dot)
+        del grad_weights
+        grad_q = (grad_scores @ k) * ctx.scale
+        grad_k = (grad_scores.transpose(-2, -1) @ q) * ctx.scale
+        return grad_q, grad_k, grad_v, None
+
+
+@register(
+    "weights_only",
+    saved_nxn=1,
+    backward_nxn=2,
+    description="custom autograd.Function saving q, k, v and the weights only; hand-written backward",
+)
+def weights_only_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
+) -> torch.Tensor:
+    """Attention whose backward needs only the attention weights."""
+    return _WeightsOnlyAttention.apply(q, k, v, causal)
