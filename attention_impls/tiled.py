@@ -56,7 +56,7 @@ class _TiledAttention(torch.autograd.Function):
             acc = acc * correction + probs @ v_block
             row_max = new_max
         out = (acc / row_sum).to(q.dtype)
-        lse = (row_max + torch.log(row_sum)).squeeze(-1).float()
+        lse = (row_max + torch.log(row_sum)).squeeze(-1)  # fp32, or fp64 for fp64 inputs
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal = causal
         ctx.block_size = block_size

@@ -1,0 +1,89 @@
+"""What autograd keeps for backward, measured with saved-tensor hooks.
+
+This is the exact, device-independent form of the seed's memory accounting: run one forward
+under ``torch.autograd.graph.saved_tensors_hooks`` and list every tensor packed for backward,
+de-duplicated by storage (a tensor saved by two nodes, or a view of a saved tensor, counts once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    """One storage kept for backward."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    bytes: int
+    is_nxn: bool
+
+
+@dataclass(frozen=True)
+class Census:
+    """Every storage a forward pass left for backward, and how many are n×n."""
+
+    tensors: tuple[SavedTensor, ...]
+    nxn_elements: int
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(t.bytes for t in self.tensors)
+
+    @property
+    def nxn_count(self) -> int:
+        return sum(t.is_nxn for t in self.tensors)
+
+    @property
+    def nxn_bytes(self) -> int:
+        return sum(t.bytes for t in self.tensors if t.is_nxn)
+
+    def describe(self) -> str:
+        """One line per saved tensor, for assertion messages and logs."""
+        lines = [
+            f"{'n×n' if t.is_nxn else '   '} {str(t.dtype).removeprefix('torch.'):>8} {t.shape} {t.bytes} B"
+            for t in self.tensors
+        ]
+        return "\n".join(lines) or "(nothing saved)"
+
+
+def take_census(
+    forward: Callable[[], torch.Tensor], *, nxn_elements: int
+) -> tuple[Census, torch.Tensor]:
+    """Run ``forward()`` and list what autograd saved; a tensor with >= ``nxn_elements`` elements is n×n.
+
+    Returns the census and the forward's output (whose graph still holds the saved tensors).
+    """
+    if nxn_elements < 1:
+        raise ValueError(f"nxn_elements must be positive, got {nxn_elements}")
+    seen: dict[tuple[str, int], SavedTensor] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr())
+        if key not in seen:
+            nbytes = storage.nbytes()
+            seen[key] = SavedTensor(
+                shape=tuple(tensor.shape),
+                dtype=tensor.dtype,
+                bytes=nbytes,
+                is_nxn=nbytes // tensor.element_size() >= nxn_elements,
+            )
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = forward()
+    return Census(tensors=tuple(seen.values()), nxn_elements=nxn_elements), out
+
+
+def census_of_attention(
+    fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
+) -> Census:
+    """Census of ``fn(q, k, v, causal=causal)``; n×n means batch·heads·seq_q·seq_k elements or more."""
+    batch, heads, seq_q, _ = q.shape
+    census, _ = take_census(lambda: fn(q, k, v, causal=causal), nxn_elements=batch * heads * seq_q * k.shape[2])
+    return census

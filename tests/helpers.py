@@ -1,0 +1,81 @@
+"""Tolerances in the flash-attention style and random inputs that are never zeros."""
+
+from __future__ import annotations
+
+import torch
+
+from attention_impls import reference, softmax_scale
+
+#: a variant may be this many times worse than the plain same-precision computation ...
+OUT_ERROR_MULTIPLE = 2.0
+GRAD_ERROR_MULTIPLE = 3.0
+#: ... plus this many ulps of the problem's scale (the largest magnitude among inputs, output and
+#: gradients), so an exactly-right plain result (dk = 0 at seq_k = 1, say) cannot fail everything.
+FLOOR_ULPS = 16
+
+
+def problem_scale(*tensors: torch.Tensor) -> float:
+    """The largest magnitude among ``tensors`` (at least 1): what the floor of the tolerance scales with."""
+    return max([1.0] + [t.detach().abs().max().item() for t in tensors])
+
+
+def random_qkv(
+    batch: int,
+    heads: int,
+    seq_q: int,
+    seq_k: int,
+    head_dim: int,
+    *,
+    dtype: torch.dtype,
+    device: str,
+    logit_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh standard-normal q, k, v (requires_grad); ``logit_scale`` > 1 makes the softmax peaky."""
+
+    def draw(seq: int, mult: float = 1.0) -> torch.Tensor:
+        t = torch.randn(batch, heads, seq, head_dim, generator=generator, dtype=torch.float32) * mult
+        return t.to(device=device, dtype=dtype).requires_grad_()
+
+    return draw(seq_q, logit_scale), draw(seq_k), draw(seq_k)
+
+
+def plain_attention(q, k, v, *, causal: bool) -> torch.Tensor:
+    """The plain computation in the inputs' own precision: the yardstick for the tolerance."""
+    scores = (q @ k.transpose(-2, -1)) * softmax_scale(q.shape[-1])
+    if causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+def forward_backward(fn, q, k, v, grad_out, *, causal: bool):
+    """Output and (dq, dk, dv) of ``fn`` on fresh leaves copied from q, k, v."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves, causal=causal)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), tuple(t.grad for t in leaves)
+
+
+def check_close(
+    name: str, got: torch.Tensor, want: torch.Tensor, plain: torch.Tensor, multiple: float, scale: float
+) -> None:
+    """Assert |got - want| <= multiple * |plain - want| + floor (max norms), with a message that says why."""
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    want = want.double()
+    err = (got.double() - want).abs().max().item()
+    plain_err = (plain.double() - want).abs().max().item()
+    floor = FLOOR_ULPS * torch.finfo(got.dtype).eps * scale
+    bound = multiple * plain_err + floor
+    assert err <= bound, (
+        f"{name}: max error {err:.3g} vs float64 reference exceeds {multiple}x the plain "
+        f"same-precision error {plain_err:.3g} + floor {floor:.3g}"
+    )
+
+
+def reference_forward_backward(q, k, v, grad_out, *, causal: bool):
+    """Float64 output, lse and gradients."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out, lse = reference(*leaves, causal=causal)
+    out.backward(grad_out.double())
+    return out.detach(), lse.detach(), tuple(t.grad for t in leaves)

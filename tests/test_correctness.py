@@ -1,0 +1,96 @@
+"""Every available variant against the float64 reference: output and all three gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import available_devices
+from helpers import (
+    GRAD_ERROR_MULTIPLE,
+    OUT_ERROR_MULTIPLE,
+    check_close,
+    forward_backward,
+    plain_attention,
+    problem_scale,
+    random_qkv,
+    reference_forward_backward,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attention_impls import VARIANTS, tiled_attention
+
+# Awkward on purpose: 1, primes, non-powers of two, one past a block boundary.
+SEQ_LENS = st.sampled_from([1, 2, 3, 7, 16, 17, 31, 64, 97, 128, 129])
+HEAD_DIMS = st.sampled_from([8, 16, 24, 32, 59, 64, 111, 128])
+DTYPES = {"cpu": [torch.float32, torch.float64], "cuda": [torch.float16, torch.bfloat16, torch.float32]}
+
+
+def runnable_cases():
+    for device in available_devices():
+        for dtype in DTYPES[device]:
+            for name, variant in VARIANTS.items():
+                reason = variant.unavailable_reason(device, dtype)
+                marks = [pytest.mark.skip(reason=reason)] if reason else []
+                dtype_name = str(dtype).removeprefix("torch.")
+                yield pytest.param(name, device, dtype, id=f"{name}-{device}-{dtype_name}", marks=marks)
+
+
+@pytest.mark.parametrize(("name", "device", "dtype"), list(runnable_cases()))
+@given(
+    batch=st.integers(1, 2),
+    heads=st.integers(1, 3),
+    seq_q=SEQ_LENS,
+    seq_k=SEQ_LENS,
+    head_dim=HEAD_DIMS,
+    causal=st.booleans(),
+    logit_scale=st.sampled_from([1.0, 4.0, 16.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_reference(name, device, dtype, batch, heads, seq_q, seq_k, head_dim, causal, logit_scale, seed):
+    variant = VARIANTS[name]
+    if variant.check_head_dim(head_dim) is not None:
+        head_dim = 64  # every variant supports 64; the unsupported ones are tested in test_validation
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v = random_qkv(
+        batch, heads, seq_q, seq_k, head_dim, dtype=dtype, device=device, logit_scale=logit_scale, generator=generator
+    )
+    grad_out = torch.randn(batch, heads, seq_q, head_dim, generator=generator).to(device=device, dtype=dtype)
+
+    ref_out, _, ref_grads = reference_forward_backward(q, k, v, grad_out, causal=causal)
+    plain_out, plain_grads = forward_backward(plain_attention, q, k, v, grad_out, causal=causal)
+    out, grads = forward_backward(variant.fn, q, k, v, grad_out, causal=causal)
+
+    assert out.shape == q.shape and out.dtype == dtype, f"{name}: got {tuple(out.shape)} {out.dtype}"
+    scale = problem_scale(q, k, v, grad_out, ref_out, *ref_grads)
+    check_close(f"{name} out", out, ref_out, plain_out, OUT_ERROR_MULTIPLE, scale)
+    for grad_name, got, want, plain in zip(("dq", "dk", "dv"), grads, ref_grads, plain_grads, strict=True):
+        check_close(f"{name} {grad_name}", got, want, plain, GRAD_ERROR_MULTIPLE, scale)
+
+
+@pytest.mark.parametrize("block_size", [1, 5, 16, 1000])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tiled_block_size_does_not_change_the_result(block_size, causal):
+    q, k, v = random_qkv(2, 2, 37, 45, 16, dtype=torch.float64, device="cpu")
+    grad_out = torch.randn_like(q)
+    ref_out, _, ref_grads = reference_forward_backward(q, k, v, grad_out, causal=causal)
+    out, grads = forward_backward(
+        lambda *a, causal: tiled_attention(*a, causal=causal, block_size=block_size), q, k, v, grad_out, causal=causal
+    )
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_reference_is_softmax_attention_with_causal_top_left():
+    """The oracle itself, against SDPA's math backend in float64 (seq_q != seq_k, causal)."""
+    q, k, v = random_qkv(1, 2, 5, 9, 8, dtype=torch.float64, device="cpu")
+    from attention_impls import reference
+
+    for causal in (False, True):
+        out, lse = reference(q, k, v, causal=causal)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        torch.testing.assert_close(out, expected)
+        assert out.dtype == torch.float64 and lse.shape == (1, 2, 5)
+    # top-left: query 0 sees key 0 only, so its output is exactly v[..., 0, :]
+    torch.testing.assert_close(out[:, :, 0], v[:, :, 0].detach())
