@@ -1,1 +1,606 @@
-"""Placeholder: the Triton FlashAttention-2 variant is being written (issue 5)."""
+"""FlashAttention-2 in Triton: forward and backward kernels, saving only O and the log-sum-exp.
+
+Forward: each program owns a tile of BLOCK_M queries and streams BLOCK_N-key blocks of K and V
+past it with an online softmax (exp2, with log2(e) folded into the softmax scale). It writes O
+and the natural-log log-sum-exp of each query row; nothing of size seq_q × seq_k is kept.
+
+Backward recomputes the probabilities of each tile from the log-sum-exp, in three launches:
+``_attn_bwd_preprocess`` (delta = rowsum(dO * O)), ``_attn_bwd_dkdv`` (one program per key block,
+looping over query blocks) and ``_attn_bwd_dq`` (one program per query block, looping over key
+blocks). Each output element is written by exactly one program: no atomics, so autotuning (which
+reruns a kernel) needs no reset.
+
+Causal masking (top-left aligned, query i sees keys j <= i) skips the tiles that are wholly masked
+and applies the mask only on the diagonal tiles and on the ragged last tile of a sequence; every
+other tile runs without masks. Head dims that are not a power of two run padded to the next one
+with masked loads and stores.
+
+Triton is optional: the module imports without it and the variant then reports why it cannot run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+
+import torch
+
+from .registry import register, softmax_scale
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the variant stays registered and says what is missing
+    triton = None
+    tl = None
+    _TRITON_MISSING = "triton_flash needs Triton: install triton (pip install triton)"
+else:
+    _TRITON_MISSING = None
+
+#: largest head_dim the kernels take; smaller ones (any value) are padded to a power of two >= 16.
+MAX_HEAD_DIM = 256
+#: rows per program of the backward preprocess (delta = rowsum(dO * O)); memory-bound, not tuned.
+PREPROCESS_BLOCK_M = 64
+#: autotune keys on a power-of-two bucket of the sequence length, from this one up ...
+MIN_SEQ_BUCKET = 256
+#: ... and tunes only at or above this bucket; shorter sequences take the smallest tile, since a
+#: handful of programs cannot fill the GPU whatever the tile.
+MIN_TUNED_SEQ_BUCKET = 1024
+#: warm-up and measurement (ms) per candidate config: autotuning runs on the first call only.
+TUNE_WARMUP_MS = 5
+TUNE_REP_MS = 25
+
+
+def _interpreting() -> bool:
+    """Whether Triton's CPU interpreter is on, read the way ``triton.jit`` reads it."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+#: decided once, when the kernels are decorated: ``triton.jit`` makes interpreted functions only
+#: when TRITON_INTERPRET is set at that moment.
+_INTERPRET = triton is not None and _interpreting()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                   MASK_ROWS: tl.constexpr):
+        """A (rows, HEAD_DIM_PAD) tile; rows past n_rows and padded columns read as zero."""
+        if MASK_ROWS:
+            if HEAD_DIM == HEAD_DIM_PAD:
+                tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+            else:
+                tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        else:
+            if HEAD_DIM == HEAD_DIM_PAD:
+                tile = tl.load(ptrs)
+            else:
+                tile = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        return tile
+
+    @triton.jit
+    def _store_tile(ptrs, tile, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
+        if HEAD_DIM == HEAD_DIM_PAD:
+            tl.store(ptrs, tile, mask=rows[:, None] < n_rows)
+        else:
+            tl.store(ptrs, tile, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------------------------------
+
+    @triton.jit
+    def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                        offs_m, offs_n, offs_d, seq_k, qk_scale, lo, hi,
+                        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                        CAUSAL: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        """Stream key/value blocks [lo, hi) past one query tile; MASKED applies bounds and causal masks."""
+        for start_n in range(lo, hi, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            cols = start_n + offs_n
+            k = _load_tile(k_ptrs + start_n * stride_kn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            # -- scores, in log2 units: qk_scale = sm_scale / ln(2)
+            qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+            if MASKED:
+                keep = cols[None, :] < seq_k
+                if CAUSAL:
+                    keep = keep & (cols[None, :] <= offs_m[:, None])
+                # -inf is safe: the first block a row sees holds key 0, which every row sees, so
+                # m_i is finite before any row meets a block that is all masked for it
+                qk = tl.where(keep, qk, float("-inf"))
+            # -- update m_i and l_i
+            m_ij = tl.maximum(m_i, tl.max(qk, 1))
+            p = tl.math.exp2(qk - m_ij[:, None])
+            alpha = tl.math.exp2(m_i - m_ij)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            # -- rescale the accumulator and add this block's p @ v
+            v = _load_tile(v_ptrs + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+            m_i = m_ij
+        return acc, l_i, m_i
+
+    @triton.jit
+    def _attn_fwd(Q, K, V, Out, LSE, sm_scale,
+                  stride_qz, stride_qh, stride_qm, stride_qd,
+                  stride_kz, stride_kh, stride_kn, stride_kd,
+                  stride_vz, stride_vh, stride_vn, stride_vd,
+                  stride_oz, stride_oh, stride_om, stride_od,
+                  num_heads, seq_q, seq_k, seq_bucket,
+                  HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
+                  INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_m = tl.program_id(0)
+        if CAUSAL:  # the last query tiles see the most keys: launch them first to shorten the tail
+            pid_m = tl.num_programs(0) - 1 - pid_m
+        off_bh = tl.program_id(1)
+        off_z = (off_bh // num_heads).to(tl.int64)
+        off_h = (off_bh % num_heads).to(tl.int64)
+
+        start_m = pid_m * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM_PAD)
+        q_ptrs = Q + off_z * stride_qz + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        k_ptrs = K + off_z * stride_kz + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = V + off_z * stride_vz + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+        qk_scale = sm_scale * 1.44269504  # 1/ln(2): exp(x) = exp2(x / ln(2))
+        q = _load_tile(q_ptrs, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+
+        # key blocks [0, full_hi) are seen whole by every query of the tile and lie inside seq_k;
+        # [full_hi, hi) holds the diagonal (causal) and the ragged last block; keys >= hi are
+        # masked for every query of the tile (causal) and are skipped
+        if CAUSAL:
+            diag_lo = (start_m // BLOCK_N) * BLOCK_N
+            hi = tl.minimum(start_m + BLOCK_M, seq_k)
+        else:
+            diag_lo = seq_k
+            hi = seq_k
+        full_hi = tl.minimum(diag_lo, (seq_k // BLOCK_N) * BLOCK_N)
+        # -- stage 1: whole blocks, no masks
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                        offs_m, offs_n, offs_d, seq_k, qk_scale, 0, full_hi,
+                                        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, INPUT_PRECISION)
+        # -- stage 2: diagonal and ragged blocks, masked
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                        offs_m, offs_n, offs_d, seq_k, qk_scale, full_hi, hi,
+                                        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, INPUT_PRECISION)
+
+        # -- epilogue: normalise, store O and the log-sum-exp in natural-log units
+        acc = acc / l_i[:, None]
+        lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # ln(2): back from log2 units
+        tl.store(LSE + off_bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
+        o_ptrs = Out + off_z * stride_oz + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        _store_tile(o_ptrs, acc.to(Out.dtype.element_ty), offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD)
+
+    # ------------------------------------------------------------------------------------------
+    # backward
+    # ------------------------------------------------------------------------------------------
+
+    @triton.jit
+    def _attn_bwd_preprocess(O, DO, Delta,
+                             stride_oz, stride_oh, stride_om, stride_od,
+                             stride_doz, stride_doh, stride_dom, stride_dod,
+                             num_heads, seq_q,
+                             HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+        """delta_i = rowsum(dO_i * O_i) = rowsum(dP_i * P_i): the softmax-backward correction."""
+        off_bh = tl.program_id(1)
+        off_z = (off_bh // num_heads).to(tl.int64)
+        off_h = (off_bh % num_heads).to(tl.int64)
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM_PAD)
+        o = _load_tile(O + off_z * stride_oz + off_h * stride_oh + offs_m[:, None] * stride_om
+                       + offs_d[None, :] * stride_od, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        do = _load_tile(DO + off_z * stride_doz + off_h * stride_doh + offs_m[:, None] * stride_dom
+                        + offs_d[None, :] * stride_dod, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+        tl.store(Delta + off_bh.to(tl.int64) * seq_q + offs_m, delta, mask=offs_m < seq_q)
+
+    @triton.jit
+    def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
+                             offs_n, offs_d, seq_q, seq_k, qk_scale, lo, hi,
+                             HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M1: tl.constexpr,
+                             CAUSAL: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        """Add the contributions of query blocks [lo, hi) to one key block's dK and dV (transposed tiles)."""
+        offs_m0 = tl.arange(0, BLOCK_M1)
+        for start_m in range(lo, hi, BLOCK_M1):
+            start_m = tl.multiple_of(start_m, BLOCK_M1)
+            offs_m = start_m + offs_m0
+            q = _load_tile(q_ptrs + start_m * stride_qm, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            do = _load_tile(do_ptrs + start_m * stride_dom, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            # rows past seq_q read q = dO = lse = delta = 0, so their p is 1 and their ds is 0:
+            # they add nothing to dK or dV
+            if MASKED:
+                lse2 = tl.load(LSE + offs_m, mask=offs_m < seq_q, other=0.0) * 1.44269504  # 1/ln(2)
+                delta = tl.load(Delta + offs_m, mask=offs_m < seq_q, other=0.0)
+            else:
+                lse2 = tl.load(LSE + offs_m) * 1.44269504  # 1/ln(2)
+                delta = tl.load(Delta + offs_m)
+            # -- recompute P^T from the log-sum-exp
+            qkT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)
+            pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
+            if MASKED:
+                if CAUSAL:
+                    pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+            # -- dV += P^T dO
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
+            # -- dS^T = P^T * (dP^T - delta); dK += dS^T Q (sm_scale applied once, at the end)
+            dpT = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+            dsT = pT * (dpT - delta[None, :])
+            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)
+        return dk, dv
+
+    @triton.jit
+    def _attn_bwd_dkdv(Q, K, V, DO, LSE, Delta, DK, DV, sm_scale,
+                       stride_qz, stride_qh, stride_qm, stride_qd,
+                       stride_kz, stride_kh, stride_kn, stride_kd,
+                       stride_vz, stride_vh, stride_vn, stride_vd,
+                       stride_doz, stride_doh, stride_dom, stride_dod,
+                       stride_dkz, stride_dkh, stride_dkn, stride_dkd,
+                       stride_dvz, stride_dvh, stride_dvn, stride_dvd,
+                       num_heads, seq_q, seq_k, seq_bucket,
+                       HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
+                       INPUT_PRECISION: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr):
+        off_bh = tl.program_id(1)
+        off_z = (off_bh // num_heads).to(tl.int64)
+        off_h = (off_bh % num_heads).to(tl.int64)
+        start_n = tl.program_id(0) * BLOCK_N1
+        offs_n = start_n + tl.arange(0, BLOCK_N1)
+        offs_m0 = tl.arange(0, BLOCK_M1)
+        offs_d = tl.arange(0, HEAD_DIM_PAD)
+
+        k = _load_tile(K + off_z * stride_kz + off_h * stride_kh + offs_n[:, None] * stride_kn
+                       + offs_d[None, :] * stride_kd, offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        v = _load_tile(V + off_z * stride_vz + off_h * stride_vh + offs_n[:, None] * stride_vn
+                       + offs_d[None, :] * stride_vd, offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        q_ptrs = Q + off_z * stride_qz + off_h * stride_qh + offs_m0[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        do_ptrs = (DO + off_z * stride_doz + off_h * stride_doh + offs_m0[:, None] * stride_dom
+                   + offs_d[None, :] * stride_dod)
+        LSE += off_bh.to(tl.int64) * seq_q
+        Delta += off_bh.to(tl.int64) * seq_q
+        qk_scale = sm_scale * 1.44269504  # 1/ln(2)
+
+        dk = tl.zeros([BLOCK_N1, HEAD_DIM_PAD], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N1, HEAD_DIM_PAD], dtype=tl.float32)
+        if CAUSAL:
+            # queries before start_n see none of this block: start at the diagonal, masked
+            m_lo = start_n + tl.cdiv(BLOCK_N1, BLOCK_M1) * BLOCK_M1
+            # -- stage 1: diagonal blocks, causal mask
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
+                                          offs_n, offs_d, seq_q, seq_k, qk_scale, start_n, tl.minimum(m_lo, seq_q),
+                                          HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1, CAUSAL, True, INPUT_PRECISION)
+        else:
+            m_lo = 0
+        full_hi = m_lo + (tl.maximum(seq_q - m_lo, 0) // BLOCK_M1) * BLOCK_M1
+        # -- stage 2: query blocks that see the whole key block, no masks
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
+                                      offs_n, offs_d, seq_q, seq_k, qk_scale, m_lo, full_hi,
+                                      HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1, CAUSAL, False, INPUT_PRECISION)
+        # -- stage 3: the ragged last query block, bounds-masked
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
+                                      offs_n, offs_d, seq_q, seq_k, qk_scale, full_hi, seq_q,
+                                      HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1, CAUSAL, True, INPUT_PRECISION)
+
+        dk *= sm_scale  # dS is the gradient of the scaled scores: dK = sm_scale * dS^T Q
+        dk_ptrs = (DK + off_z * stride_dkz + off_h * stride_dkh + offs_n[:, None] * stride_dkn
+                   + offs_d[None, :] * stride_dkd)
+        dv_ptrs = (DV + off_z * stride_dvz + off_h * stride_dvh + offs_n[:, None] * stride_dvn
+                   + offs_d[None, :] * stride_dvd)
+        _store_tile(dk_ptrs, dk.to(DK.dtype.element_ty), offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD)
+        _store_tile(dv_ptrs, dv.to(DV.dtype.element_ty), offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD)
+
+    @triton.jit
+    def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                           offs_m, offs_n0, offs_d, seq_k, qk_scale, lo, hi,
+                           HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_N2: tl.constexpr,
+                           CAUSAL: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+        """Add the contributions of key blocks [lo, hi) to one query block's dQ."""
+        for start_n in range(lo, hi, BLOCK_N2):
+            start_n = tl.multiple_of(start_n, BLOCK_N2)
+            cols = start_n + offs_n0
+            k = _load_tile(k_ptrs + start_n * stride_kn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            v = _load_tile(v_ptrs + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            # -- recompute P from the log-sum-exp
+            qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
+            p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+            if MASKED:
+                # keys past seq_k read as zero, but exp2(0 - lse) need not be finite: mask them too
+                keep = cols[None, :] < seq_k
+                if CAUSAL:
+                    keep = keep & (cols[None, :] <= offs_m[:, None])
+                p = tl.where(keep, p, 0.0)
+            # -- dS = P * (dP - delta); dQ += dS K (sm_scale applied once, at the end)
+            dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)
+        return dq
+
+    @triton.jit
+    def _attn_bwd_dq(Q, K, V, DO, LSE, Delta, DQ, sm_scale,
+                     stride_qz, stride_qh, stride_qm, stride_qd,
+                     stride_kz, stride_kh, stride_kn, stride_kd,
+                     stride_vz, stride_vh, stride_vn, stride_vd,
+                     stride_doz, stride_doh, stride_dom, stride_dod,
+                     stride_dqz, stride_dqh, stride_dqm, stride_dqd,
+                     num_heads, seq_q, seq_k, seq_bucket,
+                     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr):
+        pid_m = tl.program_id(0)
+        if CAUSAL:  # heaviest query tiles first, as in the forward
+            pid_m = tl.num_programs(0) - 1 - pid_m
+        off_bh = tl.program_id(1)
+        off_z = (off_bh // num_heads).to(tl.int64)
+        off_h = (off_bh % num_heads).to(tl.int64)
+        start_m = pid_m * BLOCK_M2
+        offs_m = start_m + tl.arange(0, BLOCK_M2)
+        offs_n0 = tl.arange(0, BLOCK_N2)
+        offs_d = tl.arange(0, HEAD_DIM_PAD)
+
+        q = _load_tile(Q + off_z * stride_qz + off_h * stride_qh + offs_m[:, None] * stride_qm
+                       + offs_d[None, :] * stride_qd, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        do = _load_tile(DO + off_z * stride_doz + off_h * stride_doh + offs_m[:, None] * stride_dom
+                        + offs_d[None, :] * stride_dod, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        row_ok = offs_m < seq_q
+        lse2 = tl.load(LSE + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0) * 1.44269504  # 1/ln(2)
+        delta = tl.load(Delta + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)
+        k_ptrs = K + off_z * stride_kz + off_h * stride_kh + offs_n0[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = V + off_z * stride_vz + off_h * stride_vh + offs_n0[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        qk_scale = sm_scale * 1.44269504  # 1/ln(2)
+
+        # the same split of the key range as the forward
+        if CAUSAL:
+            diag_lo = (start_m // BLOCK_N2) * BLOCK_N2
+            hi = tl.minimum(start_m + BLOCK_M2, seq_k)
+        else:
+            diag_lo = seq_k
+            hi = seq_k
+        full_hi = tl.minimum(diag_lo, (seq_k // BLOCK_N2) * BLOCK_N2)
+        dq = tl.zeros([BLOCK_M2, HEAD_DIM_PAD], dtype=tl.float32)
+        # -- stage 1: whole blocks, no masks
+        dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                offs_m, offs_n0, offs_d, seq_k, qk_scale, 0, full_hi,
+                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, False, INPUT_PRECISION)
+        # -- stage 2: diagonal and ragged blocks, masked
+        dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                offs_m, offs_n0, offs_d, seq_k, qk_scale, full_hi, hi,
+                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, True, INPUT_PRECISION)
+
+        dq *= sm_scale  # dQ = sm_scale * dS K
+        dq_ptrs = (DQ + off_z * stride_dqz + off_h * stride_dqh + offs_m[:, None] * stride_dqm
+                   + offs_d[None, :] * stride_dqd)
+        _store_tile(dq_ptrs, dq.to(DQ.dtype.element_ty), offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD)
+
+
+# ----------------------------------------------------------------------------------------------
+# autotuning: small Hopper-minded config lists, pruned by dtype, shared memory and problem size
+# ----------------------------------------------------------------------------------------------
+
+#: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and operand width; the last entry of each
+#: list is the small tile taken for short sequences and the fallback when nothing else fits.
+_TILES = {
+    ("fwd", 2): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+                 (64, 32, 4, 2)],
+    ("fwd", 4): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 32, 4, 2)],
+    # dK/dV: BLOCK_M1 queries stream past BLOCK_N1 resident keys
+    ("dkdv", 2): [(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 2)],
+    ("dkdv", 4): [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+    # dQ: BLOCK_N2 keys stream past BLOCK_M2 resident queries
+    ("dq", 2): [(128, 64, 8, 3), (128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)],
+    ("dq", 4): [(64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2), (32, 16, 4, 2)],
+}
+#: the interpreter runs one small config: tuning there would only cost time
+_INTERPRETER_TILE = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
+_BLOCK_NAMES = {"fwd": ("BLOCK_M", "BLOCK_N"), "dkdv": ("BLOCK_M1", "BLOCK_N1"), "dq": ("BLOCK_M2", "BLOCK_N2")}
+#: used when the device does not report its opt-in shared memory (227 KiB on Hopper)
+_DEFAULT_SHARED_MEMORY_BYTES = 227 * 1024
+
+
+def _tile_of(kernel: str, config) -> tuple[int, int, int, int]:
+    m_name, n_name = _BLOCK_NAMES[kernel]
+    return config.kwargs[m_name], config.kwargs[n_name], config.num_warps, config.num_stages
+
+
+def _configs(kernel: str) -> list:
+    m_name, n_name = _BLOCK_NAMES[kernel]
+    if _INTERPRET:
+        tiles = [_INTERPRETER_TILE[kernel]]
+    else:
+        tiles = list(dict.fromkeys(_TILES[(kernel, 2)] + _TILES[(kernel, 4)]))
+    return [triton.Config({m_name: bm, n_name: bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tiles]
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_bytes(device_index: int) -> int:
+    props = torch.cuda.get_device_properties(device_index)
+    return getattr(props, "shared_memory_per_block_optin", 0) or _DEFAULT_SHARED_MEMORY_BYTES
+
+
+def _shared_memory_need(kernel: str, tile: tuple[int, int, int, int], head_dim: int, elem_bytes: int) -> int:
+    """Rough bytes of shared memory: resident tiles plus num_stages copies of the streamed ones."""
+    block_m, block_n, _, stages = tile
+    if kernel == "fwd":  # Q resident; K, V streamed
+        return (block_m + 2 * stages * block_n) * head_dim * elem_bytes
+    if kernel == "dkdv":  # K, V resident; Q, dO streamed
+        return (2 * block_n + 2 * stages * block_m) * head_dim * elem_bytes
+    return (2 * block_m + 2 * stages * block_n) * head_dim * elem_bytes  # dq: Q, dO resident; K, V streamed
+
+
+def _prune(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        q = named_args["Q"]
+        elem_bytes = q.element_size()
+        head_dim = kwargs.get("HEAD_DIM_PAD", named_args.get("HEAD_DIM_PAD"))
+        seq_bucket = named_args["seq_bucket"]
+        wanted = _TILES[(kernel, elem_bytes)]
+        limit = _shared_memory_bytes(q.device.index if q.device.index is not None else torch.cuda.current_device())
+        fits = [t for t in wanted if _shared_memory_need(kernel, t, head_dim, elem_bytes) <= limit]
+        if seq_bucket < MIN_TUNED_SEQ_BUCKET or not fits:
+            fits = [wanted[-1]]
+        return [c for c in configs if _tile_of(kernel, c) in fits]
+
+    return prune
+
+
+def _autotune(kernel: str):
+    extra = {}
+    if not _INTERPRET and "do_bench" in inspect.signature(triton.autotune).parameters:
+        extra["do_bench"] = functools.partial(triton.testing.do_bench, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS)
+    return triton.autotune(
+        configs=_configs(kernel),
+        key=["HEAD_DIM_PAD", "CAUSAL", "INPUT_PRECISION", "seq_bucket"],  # the dtype is keyed on by Triton
+        prune_configs_by={"early_config_prune": _prune(kernel)},
+        **extra,
+    )
+
+
+if triton is not None:
+    _attn_fwd_tuned = _autotune("fwd")(_attn_fwd)
+    _attn_bwd_dkdv_tuned = _autotune("dkdv")(_attn_bwd_dkdv)
+    _attn_bwd_dq_tuned = _autotune("dq")(_attn_bwd_dq)
+
+
+# ----------------------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------------------
+
+
+def _seq_bucket(seq_q: int, seq_k: int) -> int:
+    """Power-of-two bucket of the longer sequence: the autotune key's stand-in for the lengths."""
+    return max(MIN_SEQ_BUCKET, triton.next_power_of_2(max(seq_q, seq_k)))
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    """tl.dot's precision for fp32 operands, following torch's own matmul setting."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # Triton's default; ignored for fp16/bf16 operands
+
+
+def _head_dim_pad(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))  # tl.dot needs every dimension >= 16
+
+
+def _device_guard(t: torch.Tensor):
+    """Launch on the tensors' GPU, not whichever is current."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, input_precision: str):
+    """Launch the forward kernel; returns O (like q, contiguous) and the fp32 (batch, heads, seq_q) LSE."""
+    batch, heads, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, heads, seq_q), dtype=torch.float32, device=q.device)
+
+    def grid(meta):
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
+
+    _attn_fwd_tuned[grid](
+        q, k, v, out, lse, softmax_scale(head_dim),
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        heads, seq_q, seq_k, _seq_bucket(seq_q, seq_k),
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=_head_dim_pad(head_dim), CAUSAL=causal, INPUT_PRECISION=input_precision,
+    )
+    return out, lse
+
+
+def _backward(q, k, v, out, lse, grad_out, causal: bool, input_precision: str):
+    batch, heads, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    head_dim_pad = _head_dim_pad(head_dim)
+    seq_bucket = _seq_bucket(seq_q, seq_k)
+    sm_scale = softmax_scale(head_dim)
+    delta = torch.empty_like(lse)
+    grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+
+    # -- delta = rowsum(dO * O)
+    _attn_bwd_preprocess[(triton.cdiv(seq_q, PREPROCESS_BLOCK_M), batch * heads)](
+        out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq_q,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, BLOCK_M=PREPROCESS_BLOCK_M,
+    )
+
+    # -- dK, dV: one program per key block
+    def grid_dkdv(meta):
+        return (triton.cdiv(seq_k, meta["BLOCK_N1"]), batch * heads)
+
+    _attn_bwd_dkdv_tuned[grid_dkdv](
+        q, k, v, grad_out, lse, delta, grad_k, grad_v, sm_scale,
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_k.stride(), *grad_v.stride(),
+        heads, seq_q, seq_k, seq_bucket,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, INPUT_PRECISION=input_precision,
+    )
+
+    # -- dQ: one program per query block
+    def grid_dq(meta):
+        return (triton.cdiv(seq_q, meta["BLOCK_M2"]), batch * heads)
+
+    _attn_bwd_dq_tuned[grid_dq](
+        q, k, v, grad_out, lse, delta, grad_q, sm_scale,
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_q.stride(),
+        heads, seq_q, seq_k, seq_bucket,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, INPUT_PRECISION=input_precision,
+    )
+    return grad_q, grad_k, grad_v
+
+
+class _TritonFlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool):
+        input_precision = _input_precision(q.dtype)
+        with _device_guard(q):
+            out, lse = _forward(q, k, v, causal, input_precision)
+        ctx.save_for_backward(q, k, v, out, lse)  # the log-sum-exp, never P
+        ctx.causal = causal
+        ctx.input_precision = input_precision
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        with _device_guard(q):
+            grad_q, grad_k, grad_v = _backward(q, k, v, out, lse, grad_out, ctx.causal, ctx.input_precision)
+        return grad_q, grad_k, grad_v, None
+
+
+def triton_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """FlashAttention-2 forward and backward in Triton (shapes in ``registry``)."""
+    return _TritonFlashAttention.apply(q, k, v, causal)
+
+
+def _unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    if _TRITON_MISSING is not None:
+        return _TRITON_MISSING
+    if device.type == "cuda":
+        if _INTERPRET:
+            return ("triton_flash was imported with TRITON_INTERPRET=1 (CPU interpreter): "
+                    "pass CPU tensors, or unset TRITON_INTERPRET to run on the GPU")
+        if not torch.cuda.is_available():
+            return "triton_flash needs a CUDA GPU, and torch sees none"
+        return None
+    if _INTERPRET:
+        return None
+    return (f"triton_flash needs a CUDA GPU (got device {device.type}), or TRITON_INTERPRET=1 for the CPU "
+            "interpreter, set before attention_impls is imported")
+
+
+register(
+    "triton_flash",
+    saved_nxn=0,
+    saved_row_floats=1,
+    saves_output=True,
+    dtypes=(torch.float16, torch.bfloat16, torch.float32),
+    max_head_dim=MAX_HEAD_DIM,
+    availability=_unavailable_reason,
+    description="FlashAttention-2 in Triton (forward and backward kernels, autotuned); saves O and the log-sum-exp",
+)(triton_flash_attention)
