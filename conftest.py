@@ -1,1 +1,3 @@
-"""Root conftest: nothing heavy. The attnbench pytest plugin loads through its pytest11 entry point."""
+"""Root conftest: loads the attnbench pytest plugin (options, fixtures, machine info); nothing else."""
+
+pytest_plugins = ["attnbench.plugin"]

@@ -10,6 +10,8 @@ from .registry import causal_mask, register, softmax_scale
 @register(
     "naive",
     saved_nxn=2,
+    saved_row_floats=3,  # the row max's int64 argmax (2 fp32 words) and the fp32 row sum
+    saves_causal_mask=True,
     backward_nxn=2,
     description="scores, hand-written softmax (max-subtract, exp, sum, divide), weights @ V; plain autograd",
 )

@@ -60,7 +60,9 @@ class Variant:
     saved_nxn_causal: int | None = None
     backward_nxn: int = 0
     saved_row_floats: int = 0
+    backward_row_floats: int = 0
     saves_output: bool = False
+    saves_causal_mask: bool = False
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     max_head_dim: int | None = None
     head_dim_multiple: int = 1

@@ -105,6 +105,8 @@ register(
     "tiled",
     saved_nxn=0,
     saved_row_floats=1,
+    # scores, probs, dP and dS slabs of DEFAULT_BLOCK_SIZE keys per query row, in fp32
+    backward_row_floats=4 * DEFAULT_BLOCK_SIZE,
     saves_output=True,
     description="pure-PyTorch blockwise attention with online softmax; saves O and the log-sum-exp",
 )(tiled_attention)

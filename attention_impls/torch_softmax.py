@@ -10,6 +10,7 @@ from .registry import causal_mask, register, softmax_scale
 @register(
     "torch_softmax",
     saved_nxn=1,
+    saves_causal_mask=True,
     backward_nxn=2,
     description="scores, torch.softmax, weights @ V; plain autograd",
 )

@@ -67,6 +67,9 @@ _INTERPRET = triton is not None and _interpreting()
 
 
 if triton is not None:
+    # sequence lengths are not specialised on (== 1, divisible by 16): one compiled kernel serves
+    # every length, so odd lengths cost no extra compiles; they only index scalars and row masks
+    _SEQ_JIT = triton.jit(do_not_specialize=["seq_q", "seq_k", "seq_bucket"])
 
     @triton.jit
     def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -126,7 +129,7 @@ if triton is not None:
             m_i = m_ij
         return acc, l_i, m_i
 
-    @triton.jit
+    @_SEQ_JIT
     def _attn_fwd(Q, K, V, Out, LSE, sm_scale,
                   stride_qz, stride_qh, stride_qm, stride_qd,
                   stride_kz, stride_kh, stride_kn, stride_kd,
@@ -186,7 +189,7 @@ if triton is not None:
     # backward
     # ------------------------------------------------------------------------------------------
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seq_q"])
     def _attn_bwd_preprocess(O, DO, Delta,
                              stride_oz, stride_oh, stride_om, stride_od,
                              stride_doz, stride_doh, stride_dom, stride_dod,
@@ -239,7 +242,7 @@ if triton is not None:
             dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)
         return dk, dv
 
-    @triton.jit
+    @_SEQ_JIT
     def _attn_bwd_dkdv(Q, K, V, DO, LSE, Delta, DK, DV, sm_scale,
                        stride_qz, stride_qh, stride_qm, stride_qd,
                        stride_kz, stride_kh, stride_kn, stride_kd,
@@ -324,7 +327,7 @@ if triton is not None:
             dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)
         return dq
 
-    @triton.jit
+    @_SEQ_JIT
     def _attn_bwd_dq(Q, K, V, DO, LSE, Delta, DQ, sm_scale,
                      stride_qz, stride_qh, stride_qm, stride_qd,
                      stride_kz, stride_kh, stride_kn, stride_kd,

@@ -1,0 +1,27 @@
+"""``attnbench`` command line: report, oom, gate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnbench", description="attention benchmark tools")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from . import gate, oom, report
+
+    report.add_arguments(sub.add_parser("report", help="markdown tables (and plots) from a saved run"))
+    oom.add_arguments(sub.add_parser("oom", help="largest seq_len that fits, per variant, on a GPU"))
+    gate.add_arguments(sub.add_parser("gate", help="compare two saved runs: exit 1 on a regression"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

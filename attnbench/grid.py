@@ -1,0 +1,209 @@
+"""The benchmark grid: cells, presets and the parsers behind the ``--attn-*`` options."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp64": torch.float64,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named grid. Each cell is (seq_len, batch, heads) × head_dim × dtype × causal."""
+
+    seq_lens: tuple[int, ...]
+    head_dims: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    causal: tuple[bool, ...]
+    batch: int | None = None  # None: batch = tokens_per_batch // seq_len
+    heads: int | None = None  # None: heads = model_dim // head_dim
+    tokens_per_batch: int | None = None
+    model_dim: int | None = None
+
+    def batch_for(self, seq_len: int) -> int:
+        return self.batch if self.batch is not None else max(1, self.tokens_per_batch // seq_len)
+
+    def heads_for(self, head_dim: int) -> int:
+        return self.heads if self.heads is not None else max(1, self.model_dim // head_dim)
+
+
+PRESETS: dict[str, Preset] = {
+    # The seed write-up's grid: fp32, batch 8, one head.
+    "seed": Preset(seq_lens=(256, 1024, 4096, 8192, 16384), head_dims=(16, 32, 64, 128), dtypes=("fp32",),
+                   causal=(False,), batch=8, heads=1),
+    # Small enough to run every CPU variant in about a minute on 2 cores.
+    "cpu-small": Preset(seq_lens=(128, 256, 512), head_dims=(16, 64), dtypes=("fp32",), causal=(False,),
+                        batch=2, heads=2),
+    # FlashAttention-2 paper shapes: batch × seq = 16384 tokens, heads × head_dim = 2048.
+    "fa2-paper": Preset(seq_lens=(1024, 2048, 4096, 8192, 16384), head_dims=(64, 128), dtypes=("bf16",),
+                        causal=(False, True), tokens_per_batch=16384, model_dim=2048),
+}
+DEFAULT_CUDA_PRESET = "seed"
+DEFAULT_CPU_PRESET = "cpu-small"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid for one variant."""
+
+    variant: str
+    seq_len: int
+    head_dim: int
+    batch: int
+    heads: int
+    dtype: str
+    causal: bool
+    device: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def key(self) -> str:
+        """Stable, human-readable id: the same cell has the same key in every run."""
+        mask = "causal" if self.causal else "full"
+        return f"{self.variant}-s{self.seq_len}-d{self.head_dim}-b{self.batch}-h{self.heads}-{self.dtype}-{mask}"
+
+    @property
+    def group(self) -> str:
+        """pytest-benchmark group: every variant of one shape side by side."""
+        mask = "causal" if self.causal else "full"
+        return f"seq={self.seq_len} head_dim={self.head_dim} batch={self.batch} heads={self.heads} {self.dtype} {mask}"
+
+    def forward_flops(self) -> float:
+        """4·B·H·Sq·Sk·D (two matmuls of 2·Sq·Sk·D each), halved when causal."""
+        flops = 4.0 * self.batch * self.heads * self.seq_len * self.seq_len * self.head_dim
+        return flops / 2 if self.causal else flops
+
+    def backward_flops(self) -> float:
+        """2.5× the forward: five matmuls against two (recomputation not counted)."""
+        return 2.5 * self.forward_flops()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- option parsers: small functions raising ArgumentTypeError that name the allowed values
+
+
+def _items(text: str) -> list[str]:
+    items = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, got an empty value")
+    return items
+
+
+def parse_positive_ints(text: str) -> tuple[int, ...]:
+    """'256,1024' -> (256, 1024); every item a positive integer."""
+    values = []
+    for item in _items(text):
+        try:
+            value = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not an integer (expected e.g. 256,1024)") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value} is not positive (expected integers >= 1)")
+        values.append(value)
+    return tuple(dict.fromkeys(values))
+
+
+def parse_positive_int(text: str) -> int:
+    """A single positive integer."""
+    values = parse_positive_ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return values[0]
+
+
+def parse_dtypes(text: str) -> tuple[str, ...]:
+    """'fp32,bf16' -> ('fp32', 'bf16'); allowed: fp16, bf16, fp32, fp64."""
+    items = _items(text)
+    for item in items:
+        if item not in DTYPES:
+            raise argparse.ArgumentTypeError(f"unknown dtype {item!r}; allowed: {', '.join(DTYPES)}")
+    return tuple(dict.fromkeys(items))
+
+
+_CAUSAL_WORDS = {"true": True, "causal": True, "1": True, "yes": True,
+                 "false": False, "full": False, "0": False, "no": False}
+
+
+def parse_causal(text: str) -> tuple[bool, ...]:
+    """'false', 'true' or 'false,true' (also causal/full, yes/no, 1/0)."""
+    values = []
+    for item in _items(text):
+        if item.lower() not in _CAUSAL_WORDS:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a causal flag; allowed: false, true (or both: false,true)")
+        values.append(_CAUSAL_WORDS[item.lower()])
+    return tuple(dict.fromkeys(values))
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    """'all' or a comma-separated list of registered variant names."""
+    from attention_impls import VARIANTS
+
+    if str(text).strip() == "all":
+        return tuple(VARIANTS)
+    items = _items(text)
+    for item in items:
+        if item not in VARIANTS:
+            raise argparse.ArgumentTypeError(f"unknown variant {item!r}; allowed: all, {', '.join(VARIANTS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def parse_preset(text: str) -> str:
+    """A preset name: seed, cpu-small or fa2-paper."""
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r}; allowed: {', '.join(PRESETS)}")
+    return text
+
+
+def parse_device(text: str) -> str:
+    """'auto' (cuda when available, else cpu), 'cuda' or 'cpu'."""
+    if text not in ("auto", "cuda", "cpu"):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; allowed: auto, cuda, cpu")
+    return text
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '80GB', '81920MiB' or a plain number of bytes."""
+    units = {"tib": 2**40, "gib": 2**30, "mib": 2**20, "kib": 2**10, "tb": 10**12, "gb": 10**9, "mb": 10**6,
+             "kb": 10**3, "b": 1}
+    raw = str(text).strip().lower().replace(" ", "")
+    for unit, factor in units.items():
+        if raw.endswith(unit):
+            number = raw[: -len(unit)]
+            break
+    else:
+        number, factor = raw, 1
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size (expected e.g. 80GiB, 80GB, 81920MiB or bytes)"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive memory size")
+    return int(value * factor)
+
+
+def parse_percent(text: str) -> float:
+    """'10' or '10%' -> 10.0 (a non-negative percentage)."""
+    raw = str(text).strip().removesuffix("%")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage (expected e.g. 5 or 5%)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative (expected a percentage >= 0)")
+    return value

@@ -1,0 +1,104 @@
+"""The environment a run measured: versions, GPU identity and state (via pynvml), sampled twice."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+
+import torch
+
+#: nvmlClocksEventReasons bits that mean the card was slowed by something other than idleness.
+_THROTTLE_BITS = {
+    0x2: "applications clocks setting",
+    0x4: "software power cap",
+    0x8: "hardware slowdown",
+    0x20: "software thermal slowdown",
+    0x40: "hardware thermal slowdown",
+    0x80: "hardware power brake",
+}
+#: reasons that make timings untrustworthy (a power cap under full load is normal on Hopper).
+_BAD_THROTTLE_BITS = 0x8 | 0x20 | 0x40 | 0x80
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def environment() -> dict:
+    """Versions and identity that must match for two runs to be compared."""
+    env = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": _triton_version(),
+        "python": platform.python_version(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "gpu_name": None,
+        "driver": None,
+    }
+    if torch.cuda.is_available():
+        env["gpu_name"] = torch.cuda.get_device_name()
+        env["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+        env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
+        sample = gpu_sample()
+        env["driver"] = sample.get("driver")
+    return env
+
+
+def gpu_sample() -> dict:
+    """Clocks, temperature, power, throttle reasons and other processes of GPU 0, now."""
+    sample: dict = {"time": datetime.now(timezone.utc).isoformat()}
+    try:
+        import pynvml
+    except ImportError:
+        sample["error"] = "pynvml not installed (pip install nvidia-ml-py)"
+        return sample
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        sample["error"] = f"NVML unavailable: {exc}"
+        return sample
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        name = pynvml.nvmlDeviceGetName(handle)
+        sample["name"] = name.decode() if isinstance(name, bytes) else name
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        sample["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+        sample["sm_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)
+        sample["sm_clock_max_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)
+        sample["mem_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+        sample["temperature_c"] = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+        sample["power_w"] = pynvml.nvmlDeviceGetPowerUsage(handle) / 1000
+        reasons_fn = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons"
+        )
+        reasons = int(reasons_fn(handle))
+        sample["clocks_event_reasons"] = reasons
+        sample["throttle"] = [text for bit, text in _THROTTLE_BITS.items() if reasons & bit]
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        sample["memory_used_bytes"] = int(memory.used)
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        sample["compute_processes"] = len(procs)
+    except pynvml.NVMLError as exc:
+        sample["error"] = f"NVML query failed: {exc}"
+    finally:
+        pynvml.nvmlShutdown()
+    return sample
+
+
+def flags(start: dict, end: dict) -> list[str]:
+    """Reasons to distrust a run's timings: throttling, or other processes sharing the GPU."""
+    found = []
+    for label, sample in (("start", start), ("end", end)):
+        reasons = sample.get("clocks_event_reasons")
+        if reasons is not None and reasons & _BAD_THROTTLE_BITS:
+            found.append(f"GPU throttled at {label}: {', '.join(sample['throttle'])}")
+    # this process is one; more means somebody else is on the card
+    if start.get("compute_processes", 0) > 1 or end.get("compute_processes", 0) > 1:
+        found.append(
+            f"GPU shared: {max(start.get('compute_processes', 0), end.get('compute_processes', 0))} compute processes"
+        )
+    return found

@@ -1,0 +1,89 @@
+"""Predicted device memory of one attention call: the seed's accounting table, generalised.
+
+For a variant, before backward (inputs and output live, graph built) the allocator holds
+
+    inputs   3 · B·H·S·D · e          q, k, v
+    output   B·H·S·D · e
+    saved    saved_nxn · B·H·S·S · e  (+ the causal bool mask, S·S bytes, where it is saved)
+             + saved_row_floats · B·H·S · 4   (log-sum-exp and the like)
+
+and at the backward peak additionally
+
+    grad_out + dq, dk, dv     4 · B·H·S·D · e
+    transient                 backward_nxn · B·H·S·S · e  +  backward_row_floats · B·H·S · 4
+
+where e is the element size. The per-variant numbers come from the registry
+(``saved_nxn`` is what the census measures; ``backward_nxn`` what the GPU peak showed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attention_impls import get_variant
+from attention_impls.registry import Variant
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    """Predicted bytes; ``saved_bytes`` is what the census should count (inputs it keeps included)."""
+
+    inputs_bytes: int
+    output_bytes: int
+    saved_extra_bytes: int
+    before_backward_bytes: int
+    peak_backward_bytes: int
+    saved_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """The most the call holds at once: the larger of the two moments."""
+        return max(self.before_backward_bytes, self.peak_backward_bytes)
+
+
+def _as_variant(variant: str | Variant) -> Variant:
+    return variant if isinstance(variant, Variant) else get_variant(variant)
+
+
+def predict(
+    variant: str | Variant,
+    *,
+    batch: int,
+    heads: int,
+    seq_len: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    causal: bool = False,
+    seq_k: int | None = None,
+) -> MemoryPrediction:
+    """Predicted bytes before backward and at the backward peak (see the module docstring)."""
+    var = _as_variant(variant)
+    for name, value in (("batch", batch), ("heads", heads), ("seq_len", seq_len), ("head_dim", head_dim)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    seq_k = seq_len if seq_k is None else seq_k
+    elem = torch.empty((), dtype=dtype).element_size()
+    rows = batch * heads * seq_len
+    q_bytes = rows * head_dim * elem
+    kv_bytes = 2 * batch * heads * seq_k * head_dim * elem
+    nxn_bytes = rows * seq_k * elem
+    mask_bytes = seq_len * seq_k if causal and var.saves_causal_mask else 0
+    saved_extra = var.nxn_saved(causal) * nxn_bytes + mask_bytes + var.saved_row_floats * rows * 4
+    inputs, output = q_bytes + kv_bytes, q_bytes
+    before = inputs + output + saved_extra
+    grads = q_bytes + kv_bytes + q_bytes  # dq, dk, dv and grad_out
+    transient = int(var.backward_nxn * nxn_bytes) + var.backward_row_floats * rows * 4
+    peak = before + grads + transient
+    saved = inputs + (output if var.saves_output else 0) + saved_extra
+    return MemoryPrediction(
+        inputs_bytes=inputs,
+        output_bytes=output,
+        saved_extra_bytes=saved_extra,
+        before_backward_bytes=before,
+        peak_backward_bytes=peak,
+        saved_bytes=saved,
+    )
