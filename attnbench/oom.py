@@ -1,0 +1,103 @@
+"""``attnbench oom``: the seed's OOM analysis for any card, from the memory model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from attention_impls import VARIANTS
+
+from .grid import DTYPES, parse_bytes, parse_dtypes, parse_positive_int, parse_variants
+from .memory_model import predict
+
+#: the seed's claim: naive attention at this seq_len does not fit on an 80 GB card.
+SEED_CLAIM_SEQ_LEN = 32768
+SEED_CLAIM_MEMORY = 80 * 10**9
+#: sequence lengths are searched in steps of this many tokens.
+SEQ_STEP = 256
+MAX_SEARCH_SEQ_LEN = 1 << 24
+
+
+def largest_fitting_seq_len(variant: str, memory_bytes: int, **shape) -> int:
+    """Largest multiple of SEQ_STEP whose predicted peak fits in ``memory_bytes`` (0 when none does)."""
+
+    def fits(seq_len: int) -> bool:
+        return predict(variant, seq_len=seq_len, **shape).peak_bytes <= memory_bytes
+
+    if not fits(SEQ_STEP):
+        return 0
+    lo, hi = 1, 2
+    while hi * SEQ_STEP <= MAX_SEARCH_SEQ_LEN and fits(hi * SEQ_STEP):
+        lo, hi = hi, hi * 2
+    if hi * SEQ_STEP > MAX_SEARCH_SEQ_LEN:
+        return lo * SEQ_STEP
+    while hi - lo > 1:  # fits(lo) and not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid * SEQ_STEP) else (lo, mid)
+    return lo * SEQ_STEP
+
+
+def _largest_power_of_two_at_most(n: int) -> int:
+    return 1 << (n.bit_length() - 1) if n > 0 else 0
+
+
+def analyse(memory_bytes: int, *, batch: int, heads: int, head_dim: int, dtype: str, variants) -> str:
+    shape = dict(batch=batch, heads=heads, head_dim=head_dim, dtype=DTYPES[dtype])
+    rows = []
+    for name in variants:
+        largest = largest_fitting_seq_len(name, memory_bytes, **shape)
+        pow2 = _largest_power_of_two_at_most(largest)
+        at_next = predict(name, seq_len=max(pow2, 1) * 2, **shape)
+        largest_text = f"≥ {largest}" if largest >= MAX_SEARCH_SEQ_LEN else str(largest)
+        rows.append(f"| {name} | {largest_text} | {pow2} | {at_next.peak_bytes / 2**30:.1f} | "
+                    f"{'backward' if at_next.peak_backward_bytes > at_next.before_backward_bytes else 'forward'} |")
+    lines = [
+        f"# Largest seq_len that fits in {memory_bytes / 2**30:.1f} GiB "
+        f"(batch {batch}, heads {heads}, head_dim {head_dim}, {dtype}; memory model)",
+        "",
+        "| variant | largest seq_len (step 256) | largest power of two | GiB needed at twice that | limited by |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    naive = predict("naive", seq_len=SEED_CLAIM_SEQ_LEN, **shape)
+    fits_before = naive.before_backward_bytes <= SEED_CLAIM_MEMORY
+    fits_peak = naive.peak_bytes <= SEED_CLAIM_MEMORY
+    lines += [
+        f"Seed's claim: naive attention at seq_len {SEED_CLAIM_SEQ_LEN} does not fit on an 80 GB card "
+        f"(it estimated ~100 GB). Model: {naive.before_backward_bytes / 1e9:.1f} GB before backward "
+        f"({'fits' if fits_before else 'does not fit'}), {naive.peak_bytes / 1e9:.1f} GB at the backward peak "
+        f"({'fits' if fits_peak else 'does not fit'}): the claim "
+        f"{'holds' if not fits_peak else 'does not hold'} at these settings.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--memory", type=parse_bytes, metavar="SIZE",
+                        help="device memory to fit in, e.g. 80GiB or 80GB (default: free memory of the current GPU)")
+    parser.add_argument("--batch", type=parse_positive_int, default=8, help="batch size (default: 8)")
+    parser.add_argument("--heads", type=parse_positive_int, default=1, help="heads (default: 1)")
+    parser.add_argument("--head-dim", type=parse_positive_int, default=16, help="head_dim (default: 16)")
+    parser.add_argument("--dtype", type=parse_dtypes, default=("fp32",), help="fp16, bf16, fp32 or fp64 (default: fp32)")
+    parser.add_argument("--variants", type=parse_variants, default=tuple(VARIANTS), metavar="NAMES",
+                        help="comma-separated variants or all (default: all)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    memory = args.memory
+    if memory is None:
+        if not torch.cuda.is_available():
+            print("attnbench oom: no CUDA GPU here; pass --memory (e.g. --memory 80GiB)", file=sys.stderr)
+            return 2
+        memory = torch.cuda.mem_get_info()[0]
+    if len(args.dtype) != 1:
+        print("attnbench oom: --dtype takes one dtype", file=sys.stderr)
+        return 2
+    sys.stdout.write(analyse(memory, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
+                             dtype=args.dtype[0], variants=args.variants))
+    return 0
