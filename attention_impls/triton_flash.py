@@ -67,9 +67,9 @@ _INTERPRET = triton is not None and _interpreting()
 
 
 if triton is not None:
-    # sequence lengths are not specialised on (== 1, divisible by 16): one compiled kernel serves
-    # every length, so odd lengths cost no extra compiles; they only index scalars and row masks
-    _SEQ_JIT = triton.jit(do_not_specialize=["seq_q", "seq_k", "seq_bucket"])
+    # lengths and head counts are not specialised on (== 1, divisible by 16): one compiled kernel
+    # serves every shape, so odd lengths cost no extra compiles; they only index scalars and masks
+    _SEQ_JIT = triton.jit(do_not_specialize=["num_heads", "seq_q", "seq_k", "seq_bucket"])
 
     @triton.jit
     def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -189,7 +189,7 @@ if triton is not None:
     # backward
     # ------------------------------------------------------------------------------------------
 
-    @triton.jit(do_not_specialize=["seq_q"])
+    @triton.jit(do_not_specialize=["num_heads", "seq_q"])
     def _attn_bwd_preprocess(O, DO, Delta,
                              stride_oz, stride_oh, stride_om, stride_od,
                              stride_doz, stride_doh, stride_dom, stride_dod,
@@ -390,15 +390,17 @@ if triton is not None:
 #: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and operand width; the last entry of each
 #: list is the small tile taken for short sequences and the fallback when nothing else fits.
 _TILES = {
-    ("fwd", 2): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3),
+    ("fwd", 2): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
                  (64, 32, 4, 2)],
-    ("fwd", 4): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 32, 4, 2)],
-    # dK/dV: BLOCK_M1 queries stream past BLOCK_N1 resident keys
-    ("dkdv", 2): [(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 2)],
-    ("dkdv", 4): [(32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+    # Triton's fp32 "ieee" dot runs on FMA units and keeps whole head_dim rows in registers: small tiles
+    ("fwd", 4): [(32, 32, 4, 2), (64, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
+    # dK/dV: BLOCK_M1 queries stream past BLOCK_N1 resident keys; the dK and dV accumulators are the
+    # register bill, so 8 warps share them
+    ("dkdv", 2): [(32, 128, 8, 3), (16, 128, 8, 3), (64, 128, 8, 3), (32, 64, 8, 3), (16, 64, 4, 3)],
+    ("dkdv", 4): [(16, 32, 4, 2), (32, 32, 4, 2), (16, 16, 4, 2)],
     # dQ: BLOCK_N2 keys stream past BLOCK_M2 resident queries
-    ("dq", 2): [(128, 64, 8, 3), (128, 32, 4, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)],
-    ("dq", 4): [(64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 2), (32, 16, 4, 2)],
+    ("dq", 2): [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
+    ("dq", 4): [(32, 32, 4, 2), (16, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
 }
 #: the interpreter runs one small config: tuning there would only cost time
 _INTERPRETER_TILE = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
