@@ -1,0 +1,329 @@
+"""``attnbench gate`` and the in-run memory gate, judged on runs the suite's own small CPU grid produced.
+
+The session fixture runs ``pytest benchmarks`` four times in subprocesses (about 25 s on 2 cores): a baseline
+(autosaved, so pytest-benchmark's --benchmark-compare can find it), the same code again, and two runs with
+planted regressions (ATTNBENCH_PLANT, see attnbench/runner.py). Edge cases are copies of the baseline edited.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from attnbench import cli, gate
+from attnbench.compare import Finding, compare_time, mann_whitney_greater_p
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GRID = ["--attn-seq-lens", "32,64", "--attn-head-dims", "16", "--attn-variants", "naive,weights_only,tiled",
+        "--attn-max-time", "0.02"]
+VARIANTS = {"naive", "weights_only", "tiled"}
+SEQ_LENS = (32, 64)
+PASSES = ("forward", "backward")
+# One thread per run: on a small shared CPU runner, torch's thread pool fighting another process for the cores
+# turns microsecond kernels into millisecond stalls, far beyond any threshold.
+SUITE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# CPU timings of two runs of the same code differ by tens of percent (clock, cache and scheduler noise), so the
+# A/A check uses a generous threshold; the planted slowdown (4x) is far past it. The memory checks make the
+# time rule unreachable so that only the exact census figures can decide them.
+AA_TIME = "median:50"
+SLOW_TIME = "median:100"
+NO_TIME = "median:100000"
+
+
+@dataclass
+class SuiteRun:
+    json_path: Path
+    returncode: int
+    output: str
+
+    def data(self) -> dict:
+        return json.loads(self.json_path.read_text())
+
+
+@dataclass
+class SuiteRuns:
+    baseline: SuiteRun
+    again: SuiteRun  # same code, compared in-run against the baseline with --attn-memory-compare-fail=0
+    extra_nxn: SuiteRun  # weights_only keeps one more n×n tensor, compared in-run the same way
+    slow: SuiteRun  # naive takes 4x as long
+
+
+def _run_suite(json_path: Path, *options: str, plant: str | None = None) -> SuiteRun:
+    env = {**os.environ, **SUITE_ENV}
+    env.pop("ATTNBENCH_PLANT", None)
+    if plant:
+        env["ATTNBENCH_PLANT"] = plant
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
+           f"--benchmark-json={json_path}", *GRID, *options]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert json_path.exists(), f"{' '.join(cmd)} wrote no JSON (exit {proc.returncode}):\n{output[-3000:]}"
+    return SuiteRun(json_path, proc.returncode, output)
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> SuiteRuns:
+    """Four runs of the small CPU grid; the baseline is also autosaved for --benchmark-compare."""
+    out = tmp_path_factory.mktemp("runs")
+    storage = f"--benchmark-storage={out / 'storage'}"
+    compare = ["--benchmark-compare=0001", "--attn-memory-compare-fail=0", storage]
+    baseline = _run_suite(out / "baseline.json", "--benchmark-autosave", storage)
+    assert baseline.returncode == 0, f"the baseline run failed:\n{baseline.output[-3000:]}"
+    return SuiteRuns(
+        baseline=baseline,
+        again=_run_suite(out / "again.json", *compare),
+        extra_nxn=_run_suite(out / "extra_nxn.json", *compare, plant="extra_nxn:weights_only"),
+        slow=_run_suite(out / "slow.json", plant="slow:naive:3.0"),
+    )
+
+
+def run_gate(capsys, *argv) -> tuple[int, str, str]:
+    code = gate.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def table_rows(markdown: str) -> list[dict]:
+    """The gate's table as dicts: cell, variant, metric, verdict."""
+    rows = []
+    for line in markdown.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = cells[0].strip("`")
+        variant = re.search(r"(?:\[|^)([a-z0-9_]+)-s\d+", name).group(1)
+        rows.append({"cell": name, "variant": variant, "metric": cells[1], "verdict": cells[5].strip("*")})
+    return rows
+
+
+def edited_copy(run: SuiteRun, path: Path, edit) -> Path:
+    data = copy.deepcopy(run.data())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+# -- verdicts on real runs
+
+
+def test_same_code_twice_passes(runs, capsys):
+    code, out, err = run_gate(capsys, runs.baseline.json_path, runs.again.json_path, "--time", AA_TIME)
+    assert code == 0, f"two runs of the same code should pass the gate at {AA_TIME}; got {code}:\n{out}{err}"
+    assert "attnbench gate: OK" in out
+    assert not [r for r in table_rows(out) if r["verdict"] == "regression"], out
+
+
+def test_extra_nxn_regresses_memory_of_weights_only_only(runs, capsys):
+    code, out, _ = run_gate(capsys, runs.baseline.json_path, runs.extra_nxn.json_path, "--time", NO_TIME)
+    assert code == 1, f"an extra n×n tensor kept for backward must fail the memory gate; got {code}:\n{out}"
+    regressions = [r for r in table_rows(out) if r["verdict"] == "regression"]
+    flagged = {r["cell"] for r in regressions}
+    expected = {f"weights_only-s{s}-d16-b2-h2-fp32-full" for s in SEQ_LENS}
+    assert flagged == expected, f"expected exactly the weights_only cells {expected} to regress, got {flagged}"
+    assert {r["metric"] for r in regressions} == {"saved_bytes"}, out
+
+
+def test_slowdown_regresses_time_of_naive_only(runs, capsys):
+    code, out, _ = run_gate(capsys, runs.baseline.json_path, runs.slow.json_path, "--time", SLOW_TIME)
+    assert code == 1, f"a 4x slower naive must fail the time gate at {SLOW_TIME}; got {code}:\n{out}"
+    regressions = [r for r in table_rows(out) if r["verdict"] == "regression"]
+    assert {r["variant"] for r in regressions} == {"naive"}, f"only naive was slowed:\n{out}"
+    expected = {f"test_{p}[naive-s{s}-d16-b2-h2-fp32-full]" for p in PASSES for s in SEQ_LENS}
+    assert {r["cell"] for r in regressions} == expected, f"every naive benchmark should regress:\n{out}"
+    assert all(r["metric"] == "median time" for r in regressions), out
+
+
+def test_swapped_runs_report_improvements_and_pass(runs, capsys):
+    code, out, _ = run_gate(capsys, runs.slow.json_path, runs.baseline.json_path, "--time", SLOW_TIME)
+    assert code == 0, f"getting faster is not a failure; got {code}:\n{out}"
+    improved = {r["cell"] for r in table_rows(out) if r["verdict"] == "improvement"}
+    assert {f"test_forward[naive-s{s}-d16-b2-h2-fp32-full]" for s in SEQ_LENS} <= improved, out
+
+    code, out, _ = run_gate(capsys, runs.extra_nxn.json_path, runs.baseline.json_path, "--time", NO_TIME)
+    assert code == 0, out
+    rows = table_rows(out)
+    assert {r["cell"] for r in rows if r["metric"] == "saved_bytes" and r["verdict"] == "improvement"} == {
+        f"weights_only-s{s}-d16-b2-h2-fp32-full" for s in SEQ_LENS
+    }, out
+
+
+def test_table_shows_both_numbers_and_the_change(runs, capsys):
+    _, out, _ = run_gate(capsys, runs.baseline.json_path, runs.extra_nxn.json_path, "--time", NO_TIME)
+    line = next(x for x in out.splitlines() if x.startswith("| `weights_only-s32"))
+    # 2·2·32·32 fp32 attention weights (16 KiB) more than the baseline's 40 KiB
+    assert "| 40 KiB | 56 KiB | +40.0% |" in line, line
+
+
+# -- OOM transitions
+
+
+def _make_oom(key: str):
+    def edit(data: dict) -> None:
+        data["benchmarks"] = [b for b in data["benchmarks"] if f"[{key}]" not in b["fullname"]]
+        record = next(c for c in data["attnbench"]["cells"] if c["key"] == key)
+        record.update(status="oom-measured", message="CUDA out of memory (edited into a copy for the test)")
+    return edit
+
+
+def test_new_oom_regresses_and_vanished_oom_improves(runs, capsys, tmp_path):
+    key = "naive-s64-d16-b2-h2-fp32-full"
+    oom = edited_copy(runs.baseline, tmp_path / "oom.json", _make_oom(key))
+    code, out, _ = run_gate(capsys, runs.baseline.json_path, oom)
+    assert code == 1, f"a cell that now runs out of memory must fail the gate:\n{out}"
+    assert table_rows(out) == [{"cell": key, "variant": "naive", "metric": "status", "verdict": "regression"}], out
+    assert "| ok | oom-measured |" in out
+
+    code, out, _ = run_gate(capsys, oom, runs.baseline.json_path)
+    assert code == 0, out
+    assert table_rows(out) == [{"cell": key, "variant": "naive", "metric": "status", "verdict": "improvement"}], out
+
+
+# -- cannot judge: exit 2 with a message that says what to do
+
+
+def test_missing_file_cannot_be_judged(runs, capsys, tmp_path):
+    code, out, err = run_gate(capsys, tmp_path / "nope.json", runs.baseline.json_path)
+    assert code == 2 and "does not exist" in err and "--benchmark-autosave" in err, err
+    assert "Traceback" not in out + err
+
+
+def test_non_json_cannot_be_judged(runs, capsys, tmp_path):
+    path = tmp_path / "notes.json"
+    path.write_text("median went up, I think\n")
+    code, _, err = run_gate(capsys, runs.baseline.json_path, path)
+    assert code == 2 and "current file" in err and "is not JSON" in err, err
+
+
+@pytest.mark.parametrize("content", [{"benchmarks": []}, {"machine_info": {}}, [1, 2, 3]],
+                         ids=["no-machine-info", "no-benchmarks", "a-list"])
+def test_non_pytest_benchmark_json_cannot_be_judged(runs, capsys, tmp_path, content):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(content))
+    code, _, err = run_gate(capsys, path, runs.baseline.json_path)
+    assert code == 2 and "is not a pytest-benchmark run" in err, err
+
+
+def test_no_cells_in_common_cannot_be_judged(runs, capsys, tmp_path):
+    def rename(data: dict) -> None:
+        for b in data["benchmarks"]:
+            b["fullname"] = b["fullname"].replace("benchmarks/", "renamed/")
+    renamed = edited_copy(runs.baseline, tmp_path / "renamed.json", rename)
+    code, _, err = run_gate(capsys, runs.baseline.json_path, renamed)
+    assert code == 2 and "no cells in common" in err and "same grid" in err, err
+
+
+def test_environment_mismatch_cannot_be_judged_unless_allowed(runs, capsys, tmp_path):
+    def other_torch(data: dict) -> None:
+        data["machine_info"]["attnbench"]["env"]["torch"] = "0.0.1-edited"
+    other = edited_copy(runs.baseline, tmp_path / "other_torch.json", other_torch)
+    code, _, err = run_gate(capsys, runs.baseline.json_path, other)
+    assert code == 2, err
+    assert "different environments" in err and "0.0.1-edited" in err and "--allow-env-mismatch" in err, err
+
+    code, out, err = run_gate(capsys, runs.baseline.json_path, other, "--allow-env-mismatch")
+    assert code == 0, f"--allow-env-mismatch should compare the (otherwise identical) runs:\n{out}{err}"
+    assert "WARNING: environments differ" in out
+
+
+def test_driver_compared_by_major_version_only(runs, capsys, tmp_path):
+    def driver(version: str):
+        def edit(data: dict) -> None:
+            data["machine_info"]["attnbench"]["env"]["driver"] = version
+        return edit
+    a = edited_copy(runs.baseline, tmp_path / "a.json", driver("550.54.15"))
+    b = edited_copy(runs.baseline, tmp_path / "b.json", driver("550.90.07"))
+    c = edited_copy(runs.baseline, tmp_path / "c.json", driver("560.28.03"))
+    assert run_gate(capsys, a, b)[0] == 0
+    code, _, err = run_gate(capsys, a, c)
+    assert code == 2 and "driver: 550 vs 560" in err, err
+
+
+@pytest.mark.parametrize("argv, allowed", [
+    (["--time", "p99:10"], "min, max, mean, median"),
+    (["--time", "median"], "STAT:PCT"),
+    (["--time", "median:fast"], "STAT:PCT"),
+    (["--memory", "-1"], "percentage >= 0"),
+])
+def test_bad_thresholds_are_usage_errors(runs, capsys, argv, allowed):
+    with pytest.raises(SystemExit) as exc:
+        gate.main([str(runs.baseline.json_path), str(runs.baseline.json_path), *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "usage: attnbench gate" in err and allowed in err, err
+
+
+def test_summary_file_gets_the_markdown(runs, capsys, tmp_path):
+    summary = tmp_path / "summary.md"
+    summary.write_text("# earlier step\n")
+    code, out, _ = run_gate(capsys, runs.baseline.json_path, runs.extra_nxn.json_path, "--time", NO_TIME,
+                            "--summary", summary)
+    assert code == 1
+    text = summary.read_text()
+    assert text.startswith("# earlier step\n") and out in text, "the summary should be appended, not replaced"
+
+    code, _, _ = run_gate(capsys, tmp_path / "nope.json", runs.baseline.json_path, "--summary", summary)
+    assert code == 2 and "cannot judge" in summary.read_text()
+
+
+def test_cli_wires_the_gate(runs, capsys):
+    assert cli.main(["gate", str(runs.baseline.json_path), str(runs.baseline.json_path)]) == 0
+    assert "attnbench gate: OK" in capsys.readouterr().out
+
+
+# -- the in-run memory gate (--attn-memory-compare-fail) with pytest-benchmark's --benchmark-compare
+
+
+def test_in_run_memory_gate_fails_on_extra_nxn(runs):
+    run = runs.extra_nxn
+    assert run.returncode != 0, f"--attn-memory-compare-fail=0 should fail the planted run:\n{run.output[-3000:]}"
+    assert "Memory has regressed" in run.output, run.output[-3000:]
+    offenders = re.findall(r"test_(?:forward|backward)\[(\w+)-s\d+[^\]]*\] saved_bytes", run.output)
+    assert offenders and set(offenders) == {"weights_only"}, f"expected only weights_only offenders:\n{run.output}"
+
+
+def test_in_run_memory_gate_passes_same_code(runs):
+    run = runs.again
+    assert run.returncode == 0, f"the unchanged code should pass --attn-memory-compare-fail=0:\n{run.output[-3000:]}"
+    assert "Comparing against benchmarks from" in run.output, "pytest-benchmark should have compared with 0001"
+
+
+# -- the noise rule on hand-made statistics
+
+
+def _stats(q1: float, median: float, q3: float, data=None) -> dict:
+    stats = {"q1": q1, "median": median, "q3": q3, "min": q1, "max": q3, "mean": median}
+    if data is not None:
+        stats["data"] = data
+    return {"stats": stats}
+
+
+def test_slower_median_within_overlapping_iqrs_is_not_a_regression():
+    [finding] = compare_time({"b": _stats(1.0, 1.5, 2.0)}, {"b": _stats(1.9, 2.0, 2.5)}, threshold_pct=10)
+    assert not finding.regression and not finding.improvement and "IQRs overlap" in finding.note, finding
+
+
+def test_rank_test_overrules_separated_quartiles():
+    # quartiles apart, but the rounds themselves interleave: the rank test keeps it within noise
+    base = _stats(1.0, 1.1, 1.2, data=[1.0, 5.0] * 10)
+    cur = _stats(1.3, 1.4, 1.5, data=[1.1, 4.9] * 10)
+    [finding] = compare_time({"b": base}, {"b": cur}, threshold_pct=10)
+    assert not finding.regression and "rank test" in finding.note, finding
+
+
+def test_mann_whitney_p_separates_shifted_samples():
+    low, high = [1.0 + i / 100 for i in range(20)], [2.0 + i / 100 for i in range(20)]
+    assert mann_whitney_greater_p(high, low) < 1e-6
+    assert mann_whitney_greater_p(low, high) > 0.99
+    assert 0.3 < mann_whitney_greater_p(low, low) < 0.7
+
+
+def test_finding_change_pct():
+    assert Finding("c", "saved_bytes", 100, 150, regression=True).change_pct == pytest.approx(50.0)
+    assert Finding("c", "status", "ok", "oom-measured", regression=True).change_pct is None
