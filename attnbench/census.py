@@ -63,6 +63,9 @@ def take_census(
     seen: dict[tuple[str, int], SavedTensor] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
+        # Return a detached alias: packing the tensor object itself would make a saved *output*
+        # reference its own grad_fn (output -> grad_fn -> packed output), a cycle through C++ that
+        # Python's gc cannot see, and every graph built under the census would leak.
         storage = tensor.untyped_storage()
         key = (str(tensor.device), storage.data_ptr())
         if key not in seen:
@@ -73,7 +76,7 @@ def take_census(
                 bytes=nbytes,
                 is_nxn=nbytes // tensor.element_size() >= nxn_elements,
             )
-        return tensor
+        return tensor.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = forward()

@@ -20,7 +20,7 @@ from attention_impls import get_variant
 from .census import census_of_attention
 from .grid import Cell
 from .memory_model import predict
-from .timing import cuda_event_median_s
+from .timing import cuda_event_median_s, set_launch_slack, spin
 
 #: calls before timing: the first compiles/autotunes, the rest settle clocks and caches.
 DEFAULT_WARMUP_CALLS = 3
@@ -31,7 +31,12 @@ MAX_ROUNDS = 200
 #: fraction of the free device memory a cell may be predicted to need and still be attempted.
 OOM_SAFETY_FRACTION = 0.97
 #: rounds of the independent CUDA-event measurement (--attn-timing-check).
-TIMING_CHECK_ROUNDS = 20
+TIMING_CHECK_ROUNDS = 30
+#: the GPU spin before each timed call lasts this many times the host's time to launch the call ...
+LAUNCH_SLACK_FACTOR = 2.0
+#: ... plus this much, and at most MAX_LAUNCH_SLACK_S (a call that takes longer to launch is host-bound).
+LAUNCH_SLACK_MARGIN_S = 50e-6
+MAX_LAUNCH_SLACK_S = 0.05
 #: test-only planted regressions, e.g. "slow:torch_softmax:0.15,extra_nxn:weights_only".
 PLANT_ENV = "ATTNBENCH_PLANT"
 
@@ -101,25 +106,14 @@ class _KeepExtraNxN(torch.autograd.Function):
         return grad, None
 
 
-class _DeviceSpin:
-    """Planted regression: burn a fixed amount of device (or host) time after the timed work."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.cycles_per_s: float | None = None
-
-    def __call__(self, seconds: float) -> None:
-        if self.device != "cuda":
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end:
-                pass
-            return
-        if self.cycles_per_s is None:
-            calibration_cycles = 10_000_000
-            self.cycles_per_s = calibration_cycles / cuda_event_median_s(
-                lambda: torch.cuda._sleep(calibration_cycles), rounds=5
-            )
-        torch.cuda._sleep(int(seconds * self.cycles_per_s))
+def _burn(device: str, seconds: float) -> None:
+    """Planted regression: spend ``seconds`` more on the device (or the host, on CPU)."""
+    if device == "cuda":
+        spin(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def release_memory() -> None:
@@ -141,7 +135,7 @@ class CellRunner:
         self.timing_check = timing_check
         self.plant = plants.get(cell.variant, {})
         self.record = CellRecord(cell)
-        self._spin = _DeviceSpin(cell.device)
+        self.launch_slack_s = 0.0
 
     # -- inputs and the call being measured
 
@@ -218,18 +212,23 @@ class CellRunner:
     # -- timing
 
     def _rounds(self, target, setup=None) -> int:
+        """Warm up, then size the launch slack and the number of rounds from one call."""
         for _ in range(DEFAULT_WARMUP_CALLS):
             if setup is not None:
                 setup()
             target()
+        if setup is not None:
+            setup()
         if self.cell.device == "cuda":
-            estimate = cuda_event_median_s(target, rounds=1, setup=setup)
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        target()
+        host_s = time.perf_counter() - start  # launches only, unless the call synchronizes
+        if self.cell.device == "cuda":
+            self.launch_slack_s = min(MAX_LAUNCH_SLACK_S, LAUNCH_SLACK_FACTOR * host_s + LAUNCH_SLACK_MARGIN_S)
+            estimate = cuda_event_median_s(target, rounds=1, setup=setup, launch_slack_s=self.launch_slack_s)
         else:
-            if setup is not None:
-                setup()
-            start = time.perf_counter()
-            target()
-            estimate = time.perf_counter() - start
+            estimate = host_s
         return max(self.min_rounds, min(MAX_ROUNDS, math.ceil(self.max_time_s / max(estimate, 1e-9))))
 
     def _slowed(self, target, setup=None):
@@ -237,7 +236,7 @@ class CellRunner:
         if not fraction:
             return target
         if self.cell.device == "cuda":
-            base = cuda_event_median_s(target, rounds=5, setup=setup)
+            base = cuda_event_median_s(target, rounds=5, setup=setup, launch_slack_s=self.launch_slack_s)
         else:
             if setup is not None:
                 setup()
@@ -247,13 +246,13 @@ class CellRunner:
 
         def slowed():
             target()
-            self._spin(fraction * base)
+            _burn(self.cell.device, fraction * base)
 
         return slowed
 
     def forward_target(self):
         q, k, v, _ = self.inputs()
-        return self._slowed(lambda: self.attention(q, k, v)), None
+        return (lambda: self.attention(q, k, v)), None
 
     def backward_target(self):
         q, k, v, grad_out = self.inputs()
@@ -265,7 +264,7 @@ class CellRunner:
         def run():
             torch.autograd.grad(state.pop("out"), (q, k, v), grad_out)
 
-        return self._slowed(run, setup), setup
+        return run, setup
 
     def bench(self, benchmark, pass_name: str) -> None:
         """Time ``pass_name`` ('forward' or 'backward') with pytest-benchmark and fill its extra_info.
@@ -286,6 +285,9 @@ class CellRunner:
     def _bench(self, benchmark, pass_name: str) -> None:
         target, setup = self.forward_target() if pass_name == "forward" else self.backward_target()
         rounds = self._rounds(target, setup)
+        target = self._slowed(target, setup)
+        if self.cell.device == "cuda":
+            set_launch_slack(self.launch_slack_s)
         if setup is None:
             benchmark.pedantic(target, rounds=rounds, warmup_rounds=0, iterations=1)
         else:
@@ -302,8 +304,9 @@ class CellRunner:
         timing = {"median_s": median_s, "rounds": rounds}
         if self.timing_check and self.cell.device == "cuda":
             info["event_median_s"] = timing["event_median_s"] = cuda_event_median_s(
-                target, rounds=TIMING_CHECK_ROUNDS, setup=setup
+                target, rounds=TIMING_CHECK_ROUNDS, setup=setup, launch_slack_s=self.launch_slack_s
             )
+            info["launch_slack_s"] = self.launch_slack_s
         benchmark.extra_info.update(info)
         self.record.timings[pass_name] = timing
 

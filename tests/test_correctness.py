@@ -24,6 +24,10 @@ from attention_impls import VARIANTS, tiled_attention
 SEQ_LENS = st.sampled_from([1, 2, 3, 7, 16, 17, 31, 64, 97, 128, 129])
 HEAD_DIMS = st.sampled_from([8, 16, 24, 32, 59, 64, 111, 128])
 DTYPES = {"cpu": [torch.float32, torch.float64], "cuda": [torch.float16, torch.bfloat16, torch.float32]}
+#: Kernels we do not own that measurably miss the 2×/3× rule, with the multiple they do meet.
+#: PyTorch's CPU flash backward: dk/dv errors 5-10× the plain fp32 computation's at peaky logits
+#: (seq 128×64, head_dim 59, logits ×16: dk 6.9e-4 against plain 6.9e-5). Our own variants get no such entry.
+KNOWN_GRAD_ERROR_MULTIPLE = {("sdpa_flash", "cpu"): 16.0}
 
 
 def runnable_cases():
@@ -64,8 +68,9 @@ def test_matches_reference(name, device, dtype, batch, heads, seq_q, seq_k, head
     assert out.shape == q.shape and out.dtype == dtype, f"{name}: got {tuple(out.shape)} {out.dtype}"
     scale = problem_scale(q, k, v, grad_out, ref_out, *ref_grads)
     check_close(f"{name} out", out, ref_out, plain_out, OUT_ERROR_MULTIPLE, scale)
+    grad_multiple = KNOWN_GRAD_ERROR_MULTIPLE.get((name, device), GRAD_ERROR_MULTIPLE)
     for grad_name, got, want, plain in zip(("dq", "dk", "dv"), grads, ref_grads, plain_grads, strict=True):
-        check_close(f"{name} {grad_name}", got, want, plain, GRAD_ERROR_MULTIPLE, scale)
+        check_close(f"{name} {grad_name}", got, want, plain, grad_multiple, scale)
 
 
 @pytest.mark.parametrize("block_size", [1, 5, 16, 1000])
