@@ -63,6 +63,7 @@ class Variant:
     backward_row_floats: int = 0
     saves_output: bool = False
     saves_causal_mask: bool = False
+    cpu_interpreted: bool = False
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     max_head_dim: int | None = None
     head_dim_multiple: int = 1

@@ -27,7 +27,7 @@ def _half_only_on_cuda(device: torch.device, dtype: torch.dtype, *, backend: str
 
 
 def _cuda_half_only(device: torch.device, dtype: torch.dtype, *, backend: str) -> str | None:
-    return _needs_cuda(device, dtype, backend=backend) or _half_only_on_cuda(device, dtype, backend=backend)
+    return _half_only_on_cuda(device, dtype, backend=backend) or _needs_cuda(device, dtype, backend=backend)
 
 
 # torch.backends.cuda.can_use_*: the same checks SDPA's dispatcher runs, with reasons as warnings.
@@ -83,6 +83,7 @@ register(
     saved_nxn=0,
     saved_row_floats=1,
     saves_output=True,
+    dtypes=(torch.float16, torch.bfloat16, torch.float32),
     availability=partial(_needs_cuda, backend="efficient"),
     description="F.scaled_dot_product_attention, memory-efficient backend (CUDA; fp32 too)",
 )(partial(_sdpa, backend=SDPBackend.EFFICIENT_ATTENTION))

@@ -152,6 +152,8 @@ def _build_session(config: pytest.Config) -> AttnSession:
                     for name in variants:
                         variant = VARIANTS[name]
                         reason = variant.unavailable_reason(device, DTYPES[dtype]) or variant.check_head_dim(head_dim)
+                        if not reason and device == "cpu" and variant.cpu_interpreted:
+                            reason = "runs in an interpreter on CPU: too slow to time (ask for it with --attn-variants)"
                         if reason and not explicit:
                             left_out.setdefault(name, reason)
                             continue

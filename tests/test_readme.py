@@ -1,0 +1,26 @@
+"""README.md stays true: its variant table is what `attnbench variants` prints."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from attnbench.variants import render
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_variant_table_is_generated():
+    text = README.read_text()
+    match = re.search(r"<!-- variants:begin -->\n(.*)<!-- variants:end -->", text, flags=re.S)
+    assert match, "README.md lost its <!-- variants:begin/end --> markers"
+    assert match.group(1) == render(), (
+        "README.md's variant table is stale: regenerate it with `TRITON_INTERPRET=1 attnbench variants`"
+    )
+
+
+def test_readme_states_the_commands_ci_and_users_run():
+    text = README.read_text()
+    for command in ("pip install torch==2.13.0", "pytest benchmarks --benchmark-autosave", "\npytest\n"):
+        assert command in text, f"README.md must show {command.strip()!r}"
+    assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()
