@@ -25,9 +25,9 @@ from .timing import cuda_event_median_s, set_launch_slack, spin
 #: calls before timing: the first compiles/autotunes, the rest settle clocks and caches.
 DEFAULT_WARMUP_CALLS = 3
 #: time budget per benchmark (seconds) and the bounds on its number of rounds.
-DEFAULT_MAX_TIME_S = 0.3
+DEFAULT_MAX_TIME_S = 0.25
 DEFAULT_MIN_ROUNDS = 10
-MAX_ROUNDS = 200
+MAX_ROUNDS = 100
 #: fraction of the free device memory a cell may be predicted to need and still be attempted.
 OOM_SAFETY_FRACTION = 0.97
 #: rounds of the independent CUDA-event measurement (--attn-timing-check).
