@@ -80,16 +80,19 @@ class CellRecord:
 def parse_plants(text: str | None) -> dict[str, dict[str, float]]:
     """``ATTNBENCH_PLANT`` -> {variant: {"slow": fraction, "extra_nxn": 1}}; empty when unset."""
     plants: dict[str, dict[str, float]] = {}
+    expected = "expected slow:VARIANT:FRACTION or extra_nxn:VARIANT"
     for item in filter(None, (text or "").split(",")):
         parts = item.strip().split(":")
         if parts[0] == "slow" and len(parts) == 3:
-            plants.setdefault(parts[1], {})["slow"] = float(parts[2])
+            try:
+                fraction = float(parts[2])
+            except ValueError:
+                raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; FRACTION is not a number; {expected}") from None
+            plants.setdefault(parts[1], {})["slow"] = fraction
         elif parts[0] == "extra_nxn" and len(parts) == 2:
             plants.setdefault(parts[1], {})["extra_nxn"] = 1
         else:
-            raise ValueError(
-                f"{PLANT_ENV}: cannot parse {item!r}; expected slow:VARIANT:FRACTION or extra_nxn:VARIANT"
-            )
+            raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; {expected}")
     return plants
 
 
