@@ -1,0 +1,275 @@
+"""``attnbench report`` on a run the suite itself saved (the tiny CPU grid of tests/suite_runs.py).
+
+Edge cases (OOM cells, a second head_dim, several stored runs) are copies of that run, edited.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from suite_runs import REPO_ROOT, TINY_SEQ_LENS, TINY_VARIANTS, tiny_suite_run
+
+from attention_impls import VARIANTS
+from attnbench import cli
+from attnbench.report import SEED_CLAIMED_NXN, _fmt_ms, fit_exponent
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SEED_TABLES = ("Forward (ms)", "Backward (ms)", "Saved for backward, census (MiB)")
+
+
+@pytest.fixture(scope="session")
+def run_json(tmp_path_factory) -> Path:
+    return tiny_suite_run(tmp_path_factory).json_path
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def report(capsys, *args: str) -> str:
+    """``attnbench report ARGS``' markdown; fails unless it exits 0 with nothing on stderr."""
+    code = cli.main(["report", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert code == 0, f"attnbench report {' '.join(map(str, args))} exited {code}:\n{err}"
+    assert err == "", f"unexpected stderr: {err}"
+    return out
+
+
+def section(markdown: str, heading: str) -> str:
+    """From ``heading`` to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    start = markdown.index(heading + "\n") if heading + "\n" in markdown else markdown.index(heading)
+    rest = markdown[start + len(heading):]
+    stop = re.search(rf"^#{{1,{len(level)}}} ", rest, flags=re.M)
+    return rest[: stop.start()] if stop else rest
+
+
+def table_after(text: str, title: str) -> list[list[str]]:
+    """The cells of the first markdown table after ``title`` (header row first, separator dropped)."""
+    lines = text[text.index(title):].splitlines()[1:]
+    rows = []
+    for line in lines:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            break
+    return [rows[0]] + rows[2:]
+
+
+def benchmark_medians(data: dict) -> dict[tuple, float]:
+    """(variant, pass, seq_len, head_dim) -> median seconds."""
+    return {(b["extra_info"]["variant"], b["extra_info"]["pass"], b["extra_info"]["seq_len"],
+             b["extra_info"]["head_dim"]): b["stats"]["median"] for b in data["benchmarks"]}
+
+
+def with_second_head_dim(data: dict, head_dim: int, time_factor: float) -> dict:
+    """A copy of the run where every cell also exists at ``head_dim``, ``time_factor`` times as slow."""
+    data = copy.deepcopy(data)
+    for b in list(data["benchmarks"]):
+        twin = copy.deepcopy(b)
+        twin["extra_info"]["head_dim"] = head_dim
+        twin["stats"]["median"] *= time_factor
+        twin["name"] = twin["name"].replace("-d16-", f"-d{head_dim}-")
+        data["benchmarks"].append(twin)
+    for c in list(data["attnbench"]["cells"]):
+        twin = copy.deepcopy(c)
+        twin["head_dim"] = head_dim
+        twin["key"] = twin["key"].replace("-d16-", f"-d{head_dim}-")
+        data["attnbench"]["cells"].append(twin)
+    return data
+
+
+def with_oom(data: dict, key: str, status: str, message: str) -> dict:
+    """A copy of the run where cell ``key`` ran out of memory: no benchmarks, its record says so."""
+    data = copy.deepcopy(data)
+    data["benchmarks"] = [b for b in data["benchmarks"] if f"[{key}]" not in b["name"]]
+    records = [c for c in data["attnbench"]["cells"] if c["key"] == key]
+    assert records, f"no cell {key} in the run"
+    records[0].update(status=status, message=message, timings={})
+    return data
+
+
+# -- the seed's tables
+
+
+def test_three_seed_tables_per_variant(run_json, capsys):
+    markdown = report(capsys, run_json)
+    data = json.loads(run_json.read_text())
+    medians = benchmark_medians(data)
+    tables = section(markdown, "## Tables (the seed's layout)")
+    for variant in TINY_VARIANTS:
+        heading = f"### {variant} · fp32 · non-causal (batch 2 × heads 2)"
+        assert heading in tables, f"no seed tables for {variant}:\n{tables[:2000]}"
+        block = section(tables, heading)
+        for title in SEED_TABLES:
+            assert f"**{title}**" in block, f"{variant}: missing table {title!r}"
+        for title, pass_name in (("Forward (ms)", "forward"), ("Backward (ms)", "backward")):
+            rows = table_after(block, f"**{title}**")
+            assert rows[0] == ["seq_len \\ head_dim", "16"], f"{variant} {title}: columns should be head_dims"
+            assert [r[0] for r in rows[1:]] == [str(s) for s in TINY_SEQ_LENS], f"{variant}: rows should be seq_lens"
+            for row in rows[1:]:
+                want = _fmt_ms(medians[(variant, pass_name, int(row[0]), 16)])
+                assert row[1] == want, f"{variant} {title} at seq_len {row[0]}: expected {want} ms, got {row[1]}"
+
+
+def test_rows_are_seq_lens_and_columns_head_dims(run_json, tmp_path, capsys):
+    # a second head_dim whose times are 1000x: a transposed or shuffled table cannot match
+    data = with_second_head_dim(json.loads(run_json.read_text()), head_dim=32, time_factor=1000.0)
+    markdown = report(capsys, write_json(tmp_path / "two_dims.json", data))
+    medians = benchmark_medians(data)
+    block = section(markdown, "### naive · fp32 · non-causal (batch 2 × heads 2)")
+    rows = table_after(block, "**Forward (ms)**")
+    assert rows[0] == ["seq_len \\ head_dim", "16", "32"], rows[0]
+    for row in rows[1:]:
+        seq_len = int(row[0])
+        want = [_fmt_ms(medians[("naive", "forward", seq_len, d)]) for d in (16, 32)]
+        assert row[1:] == want, f"naive forward at seq_len {seq_len}: expected {want} for head_dims 16, 32"
+
+
+def test_comparison_lists_every_variant_with_its_measured_nxn_count(run_json, capsys):
+    markdown = report(capsys, run_json)
+    comparison = section(markdown, "## Comparison")
+    largest = max(TINY_SEQ_LENS)
+    assert f"### Variants at seq_len {largest}, head_dim 16" in comparison, comparison[:1000]
+    rows = table_after(comparison, "### Variants at")
+    header, body = rows[0], {r[0]: r for r in rows[1:]}
+    assert set(body) == set(TINY_VARIANTS), f"expected a row per variant, got {sorted(body)}"
+    measured, claimed = header.index("n×n saved (measured)"), header.index("seed claims")
+    for variant, row in body.items():
+        assert row[measured] == str(VARIANTS[variant].saved_nxn), f"{variant}: measured n×n count"
+        assert row[claimed] == str(SEED_CLAIMED_NXN.get(variant, "–")), f"{variant}: the seed's claim"
+
+
+def test_scaling_section_has_exponents(run_json, capsys):
+    markdown = report(capsys, run_json)
+    data = json.loads(run_json.read_text())
+    saved = {(c["variant"], c["seq_len"]): c["saved_bytes"] for c in data["attnbench"]["cells"]}
+    rows = table_after(markdown, "### Scaling exponents")
+    header, body = rows[0], {r[0]: r for r in rows[1:]}
+    assert set(body) == set(TINY_VARIANTS)
+    for variant, row in body.items():
+        for column in ("fwd time ∝ n^", "bwd time ∝ n^"):
+            assert re.fullmatch(r"-?\d+\.\d\d", row[header.index(column)]), f"{variant} {column}: {row}"
+        want = fit_exponent(list(TINY_SEQ_LENS), [saved[(variant, s)] for s in TINY_SEQ_LENS])
+        assert row[header.index("memory ∝ n^")] == f"{want:.2f}", f"{variant}: memory exponent of the census bytes"
+    # the census of tiled is linear in seq_len (no n×n tensor); naive keeps n×n ones
+    assert body["tiled"][header.index("memory ∝ n^")] == "1.00"
+    assert float(body["naive"][header.index("memory ∝ n^")]) > 1.3
+
+
+@pytest.mark.parametrize(("status", "text"), [("oom-measured", "OOM"), ("oom-predicted", "OOM (pred.)")])
+def test_oom_cells_render_as_oom(run_json, tmp_path, capsys, status, text):
+    key = "naive-s64-d16-b2-h2-fp32-full"
+    message = "CUDA out of memory. Tried to allocate 8.00 GiB"
+    path = write_json(tmp_path / "oom.json", with_oom(json.loads(run_json.read_text()), key, status, message))
+    markdown = report(capsys, path)
+    block = section(markdown, "### naive · fp32 · non-causal (batch 2 × heads 2)")
+    for title in SEED_TABLES:
+        rows = {r[0]: r[1:] for r in table_after(block, f"**{title}**")[1:]}
+        assert rows["64"] == [text], f"{title}: the OOM cell should read {text!r}, got {rows['64']}"
+        assert rows["32"] != [text], f"{title}: only seq_len 64 ran out of memory"
+    assert f"- `{key}`: {status} ({message})" in section(markdown, "## Out of memory"), markdown
+    # naive lacks seq_len 64 now, so the like-for-like comparison falls back to 32
+    assert "### Variants at seq_len 32," in markdown
+
+
+def test_plots_are_png_files(run_json, tmp_path, capsys):
+    plots = tmp_path / "plots"
+    markdown = report(capsys, run_json, "--plots", plots)
+    written = sorted(plots.glob("*.png"))
+    assert [p.name for p in written] == ["fp32-full-d16.png"], f"one figure per dtype/mask/head_dim: {written}"
+    for p in written:
+        assert p.read_bytes()[:8] == PNG_SIGNATURE, f"{p.name} is not a PNG"
+        assert f"]({p})" in markdown, f"the report should link {p}"
+
+
+def test_output_file(run_json, tmp_path, capsys):
+    out = tmp_path / "docs" / "results.md"
+    assert report(capsys, run_json, "-o", out) == ""
+    assert out.read_text().startswith("# attnbench results: CPU"), out.read_text()[:200]
+
+
+def test_without_argument_the_newest_stored_run_is_reported(run_json, tmp_path, capsys):
+    data = json.loads(run_json.read_text())
+    storage = tmp_path / "storage"
+    machine = storage / "Linux-CPython-3.11-64bit"
+    machine.mkdir(parents=True)
+    oom_run = write_json(machine / "0001_oom.json",
+                         with_oom(data, "tiled-s32-d16-b2-h2-fp32-full", "oom-measured", "out of memory"))
+    plain_run = write_json(machine / "0002_plain.json", data)
+    os.utime(oom_run, (1_000_000, 1_000_000))
+    os.utime(plain_run, (2_000_000, 2_000_000))
+    markdown = report(capsys, "--storage", storage)
+    assert "Run: `0002_plain.json`" in markdown and "## Out of memory" not in markdown, markdown[:600]
+    os.utime(oom_run, (3_000_000, 3_000_000))  # newest by modification time, whatever the name says
+    markdown = report(capsys, "--storage", storage)
+    assert "Run: `0001_oom.json`" in markdown and "## Out of memory" in markdown, markdown[:600]
+
+
+# -- files that are not runs: exit 2, a message, no traceback
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "no such file"),
+    ("{not json", "not readable as JSON"),
+    ('{"hello": 1}', "not a pytest-benchmark run"),
+])
+def test_unusable_file_exits_2_with_a_message(tmp_path, capsys, content, message):
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    code = cli.main(["report", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 2, f"expected exit 2, got {code}"
+    assert err.startswith("attnbench report: ") and message in err, f"stderr should say {message!r}: {err}"
+    assert out == "" and "Traceback" not in err
+
+
+def test_empty_storage_exits_2_with_advice(tmp_path, capsys):
+    assert cli.main(["report", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no saved runs under" in err and "--benchmark-autosave" in err, err
+
+
+def test_missing_file_from_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "attnbench", "report", str(tmp_path / "missing.json")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, f"expected exit 2, got {proc.returncode}:\n{proc.stderr}"
+    assert "no such file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+# -- fit_exponent
+
+
+@pytest.mark.parametrize(("xs", "ys", "expected"), [
+    ([256, 1024, 4096], [3 * x**2 for x in (256, 1024, 4096)], 2.0),
+    ([1, 2, 3, 10], [1, 2, 3, 10], 1.0),
+    ([32, 64], [5.0, 5.0], 0.0),
+    ([7, 97, 1025], [0.5 * x**1.5 for x in (7, 97, 1025)], 1.5),
+])
+def test_fit_exponent_of_exact_power_laws(xs, ys, expected):
+    assert fit_exponent(xs, ys) == pytest.approx(expected, abs=1e-12), f"y ∝ x^{expected}"
+
+
+@pytest.mark.parametrize(("xs", "ys"), [
+    ([], []),
+    ([1024], [3.0]),
+    ([1024, 1024], [1.0, 4.0]),  # no spread in x
+    ([256, 1024], [None, 2.0]),  # a missing measurement leaves one point
+    ([256, 1024], [0.0, 2.0]),
+])
+def test_fit_exponent_of_degenerate_input_is_none(xs, ys):
+    assert fit_exponent(xs, ys) is None
+
+
+def test_fit_exponent_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        fit_exponent([1, 2, 3], [1, 2])
