@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_label(run: dict) -> str:
-    parts = [run.get("datetime", "")[:19]]
+    parts = [(run.get("datetime") or "")[:19]]
     commit = run.get("commit_info") or {}
     if commit.get("id"):
         parts.append(f"commit {commit['id'][:10]}{' (dirty)' if commit.get('dirty') else ''}")

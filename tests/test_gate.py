@@ -63,7 +63,7 @@ def _run_suite(json_path: Path, *options: str, plant: str | None = None) -> Suit
         env["ATTNBENCH_PLANT"] = plant
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
            f"--benchmark-json={json_path}", *GRID, *options]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     assert json_path.exists(), f"{' '.join(cmd)} wrote no JSON (exit {proc.returncode}):\n{output[-3000:]}"
     return SuiteRun(json_path, proc.returncode, output)
