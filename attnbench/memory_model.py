@@ -60,7 +60,8 @@ def predict(
 ) -> MemoryPrediction:
     """Predicted bytes before backward and at the backward peak (see the module docstring)."""
     var = _as_variant(variant)
-    for name, value in (("batch", batch), ("heads", heads), ("seq_len", seq_len), ("head_dim", head_dim)):
+    sizes = (("batch", batch), ("heads", heads), ("seq_len", seq_len), ("head_dim", head_dim))
+    for name, value in sizes + ((("seq_k", seq_k),) if seq_k is not None else ()):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
