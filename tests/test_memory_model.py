@@ -1,0 +1,129 @@
+"""``attnbench.memory_model.predict`` pinned to the census: what the model says autograd keeps is what it keeps.
+
+The census (saved-tensor hooks) is exact on any device, so on CPU the model's ``saved_bytes`` must equal it
+to the byte, for every variant that runs here, in fp32 and fp64, causal or not, square or not.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attention_impls import VARIANTS
+from attnbench.census import census_of_attention
+from attnbench.memory_model import predict
+
+DTYPES = (torch.float32, torch.float64)
+#: (batch, heads, seq_q, seq_k, head_dim): awkward sizes on purpose, one with seq_q != seq_k.
+SHAPES = ((2, 3, 97, 97, 16), (1, 2, 64, 64, 59), (2, 2, 48, 80, 32))
+# Row statistics (log-sum-exp, row max/sum) are sized as fp32 words by the model, but in fp64 the variants keep
+# them in fp64 (tiled and SDPA promote to at least fp32; naive keeps its row sum in the input dtype next to an
+# int64 argmax), so fp64 predictions of variants with row statistics are short by a few bytes per row.
+FP64_ROW_STATS_BUG = "memory model sizes saved row statistics as fp32 words; in fp64 they are fp64"
+
+
+def cpu_cases():
+    for name, variant in VARIANTS.items():
+        for dtype in DTYPES:
+            if variant.unavailable_reason("cpu", dtype) is not None:
+                continue
+            for shape in SHAPES:
+                if variant.check_head_dim(shape[-1]) is not None:
+                    continue
+                for causal in (False, True):
+                    marks = []
+                    if dtype == torch.float64 and variant.saved_row_floats:
+                        if shape != SHAPES[0] or causal:
+                            continue  # one strict xfail per variant pins the known gap
+                        marks = [pytest.mark.xfail(reason=FP64_ROW_STATS_BUG, strict=True)]
+                    case_id = "-".join([name, str(dtype).removeprefix("torch."), "x".join(map(str, shape)),
+                                        "causal" if causal else "full"])
+                    yield pytest.param(name, dtype, shape, causal, marks=marks, id=case_id)
+
+
+def qkv(batch, heads, seq_q, seq_k, head_dim, dtype):
+    """Fresh standard-normal q, k, v requiring grad."""
+    q = torch.randn(batch, heads, seq_q, head_dim, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(batch, heads, seq_k, head_dim, dtype=dtype, requires_grad=True) for _ in range(2))
+    return q, k, v
+
+
+def predicted(name, shape, dtype, causal):
+    batch, heads, seq_q, seq_k, head_dim = shape
+    return predict(name, batch=batch, heads=heads, seq_len=seq_q, seq_k=seq_k, head_dim=head_dim, dtype=dtype,
+                   causal=causal)
+
+
+@pytest.mark.parametrize(("name", "dtype", "shape", "causal"), list(cpu_cases()))
+def test_saved_bytes_equal_the_census(name, dtype, shape, causal):
+    census = census_of_attention(VARIANTS[name].fn, *qkv(*shape, dtype), causal=causal)
+    prediction = predicted(name, shape, dtype, causal)
+    assert prediction.saved_bytes == census.saved_bytes, (
+        f"{name} {shape} {dtype} causal={causal}: model predicts {prediction.saved_bytes} B saved, the census "
+        f"counts {census.saved_bytes} B:\n{census.describe()}"
+    )
+
+
+@pytest.mark.parametrize("name", ["naive", "weights_only", "tiled", "sdpa_flash"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_before_backward_is_inputs_output_and_saved_extra(name, causal):
+    shape = (2, 2, 48, 80, 32)
+    q, k, v = qkv(*shape, torch.float32)
+    out = VARIANTS[name].fn(q, k, v, causal=causal)
+    p = predicted(name, shape, torch.float32, causal)
+    assert p.inputs_bytes == sum(t.nbytes for t in (q, k, v)), "inputs are q, k and v"
+    assert p.output_bytes == out.nbytes, "the output has q's shape and dtype"
+    assert p.before_backward_bytes == p.inputs_bytes + p.output_bytes + p.saved_extra_bytes
+    assert p.peak_backward_bytes >= p.before_backward_bytes and p.peak_bytes >= p.before_backward_bytes, (
+        f"the backward peak holds everything live before backward and more: {p}"
+    )
+    assert p.peak_bytes == max(p.before_backward_bytes, p.peak_backward_bytes)
+
+
+def test_nxn_part_scales_quadratically_for_naive_and_not_for_tiled_or_flash():
+    def model(name, seq_len):
+        return predict(name, batch=2, heads=2, seq_len=seq_len, head_dim=16, dtype=torch.float32)
+
+    def census(name, seq_len):
+        return census_of_attention(VARIANTS[name].fn, *qkv(2, 2, seq_len, seq_len, 16, torch.float32))
+
+    naive_row_bytes = VARIANTS["naive"].saved_row_floats * 2 * 2 * 4  # per unit of seq_len: linear, not n×n
+    for seq_len in (64, 128):
+        small, large = model("naive", seq_len), model("naive", 2 * seq_len)
+        nxn_small = small.saved_extra_bytes - naive_row_bytes * seq_len
+        nxn_large = large.saved_extra_bytes - naive_row_bytes * 2 * seq_len
+        assert nxn_large == 4 * nxn_small, f"naive's n×n bytes should grow 4x from {seq_len} to {2 * seq_len}"
+        measured_small, measured_large = census("naive", seq_len), census("naive", 2 * seq_len)
+        assert measured_large.nxn_bytes == 4 * measured_small.nxn_bytes > 0, (
+            f"naive's census n×n bytes: {measured_small.nxn_bytes} at {seq_len}, {measured_large.nxn_bytes} at "
+            f"{2 * seq_len}; expected a factor 4"
+        )
+        for name in ("tiled", "sdpa_flash"):
+            assert model(name, 2 * seq_len).saved_bytes == 2 * model(name, seq_len).saved_bytes, (
+                f"{name} keeps nothing n×n: its predicted saved bytes should double with seq_len"
+            )
+            assert census(name, 2 * seq_len).saved_bytes == 2 * census(name, seq_len).saved_bytes, (
+                f"{name}: the census should double with seq_len"
+            )
+            assert model(name, 2 * seq_len).peak_bytes < 4 * model(name, seq_len).peak_bytes
+
+
+@pytest.mark.parametrize(("kwargs", "error", "names"), [
+    (dict(seq_len=0), ValueError, "seq_len"),
+    (dict(seq_len=-64), ValueError, "seq_len"),
+    (dict(seq_len=64.0), ValueError, "seq_len"),
+    (dict(seq_len="64"), ValueError, "seq_len"),
+    (dict(batch=0), ValueError, "batch"),
+    (dict(head_dim=None), ValueError, "head_dim"),
+    (dict(seq_k=0), ValueError, "seq_k"),
+    (dict(dtype=torch.int32), TypeError, "floating"),
+    (dict(dtype=torch.bool), TypeError, "floating"),
+    (dict(dtype="fp32"), TypeError, "floating"),
+    (dict(variant="nope"), ValueError, "registered"),
+])
+def test_bad_arguments(kwargs, error, names):
+    args = dict(variant="naive", batch=2, heads=2, seq_len=64, head_dim=16, dtype=torch.float32)
+    args.update(kwargs)
+    variant = args.pop("variant")
+    with pytest.raises(error, match=names):
+        predict(variant, **args)
