@@ -1,0 +1,214 @@
+"""The CUDA-event clock and the independent CUDA-event measurement.
+
+On CPU the clock's bookkeeping is checked against stand-in events (which call starts a round, where the spin
+goes, what a difference means); on a GPU the real thing, including the suite's timing-fidelity check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import requires_cuda
+
+from attnbench import timing
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: the suite's median must be within this of an independent CUDA-event median ...
+TIMING_FIDELITY = 0.05
+#: ... for benchmarks at least this long (shorter ones are dominated by a few microseconds of jitter).
+TIMING_FIDELITY_MIN_S = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def fresh_clock_state():
+    """Each test starts with no launch slack and no pending start, and leaves it that way."""
+    timing.set_launch_slack(0.0)
+    yield
+    timing.set_launch_slack(0.0)
+
+
+class FakeEvent:
+    """Stands in for torch.cuda.Event: records into a shared log; elapsed times come from a script."""
+
+    log: list = []
+    elapsed_ms: list = []
+
+    def __init__(self, enable_timing: bool = False):
+        assert enable_timing, "timing events must be created with enable_timing=True"
+
+    def record(self):
+        FakeEvent.log.append(("record", self))
+
+    def synchronize(self):
+        FakeEvent.log.append(("synchronize", self))
+
+    def elapsed_time(self, end):
+        FakeEvent.log.append(("elapsed", self, end))
+        return FakeEvent.elapsed_ms.pop(0)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda.Event, synchronize and the spin replaced by stand-ins that log what they were asked."""
+    FakeEvent.log, FakeEvent.elapsed_ms = [], []
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: FakeEvent.log.append(("device_sync",)))
+    monkeypatch.setattr(timing, "spin", lambda seconds: FakeEvent.log.append(("spin", seconds)))
+    return FakeEvent
+
+
+# -- CPU: the clock's bookkeeping
+
+
+def test_clock_alternates_start_and_end_and_spins_only_before_a_start(fake_cuda):
+    timing.set_launch_slack(0.002)
+    start = timing.cuda_event_clock()
+    end = timing.cuda_event_clock()
+    assert fake_cuda.log == [("spin", 0.002), ("record", start.event), ("record", end.event)], (
+        f"a round's start should queue the launch-slack spin, then record; its end only record: {fake_cuda.log}"
+    )
+    fake_cuda.elapsed_ms = [1.5]
+    assert end - start == pytest.approx(1.5e-3), "the difference of two readings is the elapsed time in seconds"
+    assert fake_cuda.log[-2:] == [("synchronize", end.event), ("elapsed", start.event, end.event)], (
+        "the difference should wait for the end event, then measure start -> end"
+    )
+    fake_cuda.log.clear()
+    timing.cuda_event_clock()  # the difference closed the round: the next reading starts a new one
+    assert fake_cuda.log[0] == ("spin", 0.002), fake_cuda.log
+
+
+def test_set_launch_slack_resets_a_pending_start_and_clamps_at_zero(fake_cuda):
+    timing.cuda_event_clock()  # a start whose round never ended
+    timing.set_launch_slack(-1.0)
+    fake_cuda.log.clear()
+    timing.cuda_event_clock()
+    assert fake_cuda.log[0] == ("spin", 0.0), (
+        f"a new start after set_launch_slack, with no negative spin: {fake_cuda.log}"
+    )
+
+
+def test_spin_converts_seconds_to_cycles_and_skips_nonpositive(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "_sleep", calls.append)
+    monkeypatch.setattr(timing, "_cycles_per_s", 1.5e9)
+    timing.spin(0.0)
+    timing.spin(-0.1)
+    assert calls == [], "no spin is queued for zero or negative seconds"
+    timing.spin(0.002)
+    timing.spin(1e-12)
+    assert calls == [3_000_000, 1], f"2 ms at 1.5 GHz is 3e6 cycles, and a spin is at least one cycle: {calls}"
+
+
+def test_cuda_event_median_s_times_only_the_target(fake_cuda):
+    rounds = 5
+    fake_cuda.elapsed_ms = [4.0, 1.0, 3.0, 100.0, 2.0]
+    calls = []
+
+    def setup():
+        calls.append("setup")
+        fake_cuda.log.append(("setup",))
+
+    def target():
+        calls.append("target")
+        fake_cuda.log.append(("target",))
+
+    median = timing.cuda_event_median_s(target, rounds=rounds, setup=setup, launch_slack_s=0.001)
+    assert median == pytest.approx(statistics.median([4.0, 1.0, 3.0, 100.0, 2.0]) / 1e3)
+    assert calls == ["setup", "target"] * rounds
+    first_round = [entry[0] for entry in fake_cuda.log[:7]]
+    assert first_round == ["setup", "device_sync", "spin", "record", "target", "record", "synchronize"], (
+        f"setup and the spin must come before the start event, the target between the events: {first_round}"
+    )
+
+
+# -- GPU
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_suite_medians_agree_with_independent_cuda_events(tmp_path):
+    """THE timing-fidelity test: what pytest-benchmark reports is what plain CUDA events measure."""
+    json_path = tmp_path / "timing_check.json"
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", "--attn-timing-check",
+           "--attn-variants", "naive,torch_softmax,sdpa_efficient", "--attn-seq-lens", "1024,4096",
+           "--attn-head-dims", "64", f"--benchmark-json={json_path}"]
+    env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLANT"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and json_path.exists(), f"the suite failed (exit {proc.returncode}):\n{output[-3000:]}"
+    benchmarks = json.loads(json_path.read_text())["benchmarks"]
+    assert len(benchmarks) == 3 * 2 * 2, f"expected 3 variants x 2 seq_lens x 2 passes:\n{output[-3000:]}"
+    checked, offenders = 0, []
+    for b in benchmarks:
+        info = b["extra_info"]
+        assert info.get("event_median_s"), f"{b['name']}: --attn-timing-check saved no event_median_s"
+        median = b["stats"]["median"]
+        if median < TIMING_FIDELITY_MIN_S:
+            continue
+        checked += 1
+        ratio = median / info["event_median_s"]
+        if abs(ratio - 1) > TIMING_FIDELITY:
+            event_ms = info["event_median_s"] * 1e3
+            offenders.append(f"{b['name']}: suite {median * 1e3:.4g} ms vs events {event_ms:.4g} ms ({ratio - 1:+.1%})")
+    assert checked, "no benchmark was long enough to check"
+    assert not offenders, (
+        f"{len(offenders)} of {checked} suite medians differ from the CUDA-event median by more than "
+        f"{TIMING_FIDELITY:.0%}:\n" + "\n".join(offenders)
+    )
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_clock_readings_measure_a_known_sleep():
+    cycles_per_ms = timing._spin_cycles_per_s() / 1e3
+    torch.cuda.synchronize()
+
+    def measured(ms: float) -> float:
+        start = timing.cuda_event_clock()
+        torch.cuda._sleep(int(ms * cycles_per_ms))
+        end = timing.cuda_event_clock()
+        return end - start
+
+    measured(1.0)  # warm-up
+    short, long = measured(1.0), measured(4.0)
+    assert 0 < short < long, (
+        f"a 4 ms sleep should read longer than a 1 ms one: {short * 1e3:.3f} vs {long * 1e3:.3f} ms"
+    )
+    assert 2.0 < long / short < 8.0, (
+        f"four times the cycles should read about four times as long: {long / short:.2f}"
+    )
+    assert 0.5e-3 < short < 2e-3, f"the 1 ms sleep read {short * 1e3:.3f} ms"
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cuda_event_median_matches_a_plain_event_measurement():
+    a = torch.randn(4096, 4096, device="cuda")
+    b = torch.randn(4096, 4096, device="cuda")
+
+    def target():
+        return a @ b
+
+    for _ in range(3):
+        target()
+    times = []
+    for _ in range(30):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        target()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    plain = statistics.median(times)
+    measured = timing.cuda_event_median_s(target, rounds=30)
+    assert abs(measured / plain - 1) <= 0.2, (
+        f"cuda_event_median_s {measured * 1e3:.3f} ms vs plain events {plain * 1e3:.3f} ms: more than 20% apart"
+    )
