@@ -2,7 +2,7 @@
 # One call on a 2-GPU machine, two queues in parallel, each run on one card:
 #   GPU 0: the default grid with the timing check (the report's run), then a default run with
 #          planted regressions gated against it, then the whole test suite with the GPU visible.
-#   GPU 1: three default runs back to back, gated pairwise (A/A twice).
+#   GPU 1: three default runs back to back, gated pairwise (A/A twice), then the fa2-paper preset.
 # Each step has a deadline so the call returns inside the device's 10 minutes; all output is
 # packed into $OUT/results.tgz.
 set -uo pipefail
@@ -11,7 +11,7 @@ W="$OUT/w"
 mkdir -p "$W"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 START=$SECONDS
-left() { echo $(( ${DEADLINE:-540} - (SECONDS - START) )); }
+left() { echo $(( ${DEADLINE:-555} - (SECONDS - START) )); }
 grid() {  # grid GPU NAME [extra args...]: one default run, saved as $W/NAME.json
     local gpu=$1 name=$2; shift 2
     CUDA_VISIBLE_DEVICES=$gpu timeout --signal=INT "$(left)" python -m pytest benchmarks -q -p no:cacheprovider \
@@ -30,7 +30,10 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,nohea
         python -m pytest tests -q -p no:cacheprovider -rfE > "$W/tests.log" 2>&1
     echo "[gpu0] tests exit $? after $((SECONDS - START)) s: $(tail -1 "$W/tests.log")"
 ) &
-( grid 1 aa1; grid 1 aa2; grid 1 aa3 ) &
+(
+    grid 1 aa1; grid 1 aa2; grid 1 aa3
+    grid 1 fa2 --attn-preset fa2-paper --attn-variants sdpa_flash,sdpa_cudnn,triton_flash
+) &
 wait
 gate aa1 aa2; gate aa2 aa3; gate seed planted
 python -m attnbench.cli report "$W/seed.json" --plots "$W/plots" -o "$W/report.md"
