@@ -31,10 +31,16 @@ FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.fl
 
 Impl = Callable[..., torch.Tensor]
 Availability = Callable[[torch.device, torch.dtype], "str | None"]
+ShapeCheck = Callable[..., "str | None"]
 
 
 def _always_available(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
+
+
+def lse_row_bytes(element_size: int) -> int:
+    """Bytes per query row of a log-sum-exp kept in fp32, or in fp64 for fp64 inputs."""
+    return max(4, element_size)
 
 
 def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
@@ -45,12 +51,22 @@ def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
 class Variant:
     """An attention implementation and what is known about it.
 
-    ``saved_nxn`` is the number of (batch, heads, seq_q, seq_k)-sized tensors autograd keeps
-    for backward, as measured by ``attnbench.census`` (non-causal); ``saved_nxn_causal`` is
-    the same for ``causal=True`` when it differs. ``backward_nxn`` is how many n×n tensors
-    the backward pass itself materialises at its peak on top of what was saved (used by the
-    memory model). ``saved_row_floats`` is the number of fp32 values per query row kept
-    for backward besides the inputs and output (e.g. 1 for a log-sum-exp).
+    What autograd keeps (measured by ``attnbench.census``; a test asserts declared == measured):
+      ``saved_nxn``         (batch, heads, seq_q, seq_k)-sized tensors kept for backward, non-causal;
+      ``saved_nxn_causal``  the same for ``causal=True`` where it differs;
+      ``saves_output``      whether O is among the saved tensors;
+      ``saves_causal_mask`` whether a (seq_q, seq_k) bool mask is saved (causal only);
+      ``saved_row_bytes``   bytes per query row kept besides inputs and output, as a function of the
+                            element size (a log-sum-exp: 4, or 8 in fp64).
+    What the memory model adds, from GPU measurements (``attnbench.memory_model``):
+      ``backward_nxn``            n×n buffers the backward holds at once on top of what was saved;
+      ``backward_row_floats``     fp32 values per query row a blocked backward holds (its slabs);
+      ``backward_fp32_q_buffers`` fp32 (batch, heads, seq_q, max(head_dim, 64)) buffers it holds;
+      ``live_q_buffers``          q-sized buffers the forward leaves alive besides the saved ones.
+    Where it runs: ``dtypes``, ``max_head_dim``, ``head_dim_multiple``, ``availability(device,
+    dtype)`` (None or why not), ``shape_check(q, k, v, causal)`` (None or why a kernel with shape
+    limits of its own refuses these tensors), and ``cpu_interpreted``: a GPU kernel that runs on CPU
+    only in an interpreter, correct but too slow to time, so the CPU grid leaves it out unless asked.
     """
 
     name: str
@@ -59,8 +75,10 @@ class Variant:
     description: str
     saved_nxn_causal: int | None = None
     backward_nxn: int = 0
-    saved_row_floats: int = 0
+    saved_row_bytes: Callable[[int], int] = field(default=lambda element_size: 0, repr=False)
     backward_row_floats: int = 0
+    backward_fp32_q_buffers: int = 0
+    live_q_buffers: int = 0
     saves_output: bool = False
     saves_causal_mask: bool = False
     cpu_interpreted: bool = False
@@ -68,6 +86,7 @@ class Variant:
     max_head_dim: int | None = None
     head_dim_multiple: int = 1
     availability: Availability = field(default=_always_available, repr=False)
+    shape_check: ShapeCheck | None = field(default=None, repr=False)
 
     def nxn_saved(self, causal: bool = False) -> int:
         """n×n tensors kept for backward for this masking mode."""
@@ -90,6 +109,13 @@ class Variant:
             return f"{self.name} needs head_dim to be a multiple of {self.head_dim_multiple}, got {head_dim}"
         return None
 
+    def shape_reason(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> str | None:
+        """None when this variant accepts these (already valid) inputs; else a sentence saying why not."""
+        reason = self.check_head_dim(q.shape[-1])
+        if reason is None and self.shape_check is not None:
+            reason = self.shape_check(q, k, v, causal)
+        return reason
+
     def fn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         """Attention of ``q`` over ``k``/``v`` (shapes in the module docstring)."""
         validate_inputs(q, k, v, causal=causal)
@@ -97,7 +123,7 @@ class Variant:
         if reason is not None:
             exc = TypeError if q.dtype not in self.dtypes else ValueError
             raise exc(reason)
-        reason = self.check_head_dim(q.shape[-1])
+        reason = self.shape_reason(q, k, v, causal=causal)
         if reason is not None:
             raise ValueError(reason)
         return self.impl(q, k, v, causal=causal)

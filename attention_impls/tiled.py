@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import register, softmax_scale
+from .registry import lse_row_bytes, register, softmax_scale
 
 #: keys per block; 256 keeps each slab small while amortising the per-block launch cost.
 DEFAULT_BLOCK_SIZE = 256
@@ -104,7 +104,7 @@ def tiled_attention(
 register(
     "tiled",
     saved_nxn=0,
-    saved_row_floats=1,
+    saved_row_bytes=lse_row_bytes,
     # scores, probs, dP and dS slabs of DEFAULT_BLOCK_SIZE keys per query row, in fp32
     backward_row_floats=4 * DEFAULT_BLOCK_SIZE,
     saves_output=True,

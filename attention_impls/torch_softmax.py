@@ -11,7 +11,7 @@ from .registry import causal_mask, register, softmax_scale
     "torch_softmax",
     saved_nxn=1,
     saves_causal_mask=True,
-    backward_nxn=2,
+    backward_nxn=3,  # measured: 3.00 n×n on the GPU
     description="scores, torch.softmax, weights @ V; plain autograd",
 )
 def torch_softmax_attention(

@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from .registry import register, softmax_scale
+from .registry import lse_row_bytes, register, softmax_scale
 
 try:
     import triton
@@ -602,10 +602,11 @@ def _unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 register(
     "triton_flash",
     saved_nxn=0,
-    saved_row_floats=1,
+    saved_row_bytes=lse_row_bytes,
     saves_output=True,
     dtypes=(torch.float16, torch.bfloat16, torch.float32),
     max_head_dim=MAX_HEAD_DIM,
     availability=_unavailable_reason,
+    cpu_interpreted=True,
     description="FlashAttention-2 in Triton (forward and backward kernels, autotuned); saves O and the log-sum-exp",
 )(triton_flash_attention)

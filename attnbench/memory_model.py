@@ -5,15 +5,18 @@ For a variant, before backward (inputs and output live, graph built) the allocat
     inputs   3 · B·H·S·D · e          q, k, v
     output   B·H·S·D · e
     saved    saved_nxn · B·H·S·S · e  (+ the causal bool mask, S·S bytes, where it is saved)
-             + saved_row_floats · B·H·S · 4   (log-sum-exp and the like)
+             + saved_row_bytes(e) · B·H·S       (log-sum-exp and the like)
+    live     live_q_buffers · B·H·S·D · e     (buffers the forward keeps alive unsaved)
 
 and at the backward peak additionally
 
     grad_out + dq, dk, dv     4 · B·H·S·D · e
     transient                 backward_nxn · B·H·S·S · e  +  backward_row_floats · B·H·S · 4
+                              + backward_fp32_q_buffers · B·H·S · max(D, 64) · 4
 
 where e is the element size. The per-variant numbers come from the registry
-(``saved_nxn`` is what the census measures; ``backward_nxn`` what the GPU peak showed).
+(``saved_nxn`` is what the census measures; ``backward_nxn``, ``live_q_buffers`` and
+``backward_fp32_q_buffers`` what an H200 run measured: docs/results).
 """
 
 from __future__ import annotations
@@ -73,12 +76,16 @@ def predict(
     kv_bytes = 2 * batch * heads * seq_k * head_dim * elem
     nxn_bytes = rows * seq_k * elem
     mask_bytes = seq_len * seq_k if causal and var.saves_causal_mask else 0
-    saved_extra = var.nxn_saved(causal) * nxn_bytes + mask_bytes + var.saved_row_floats * rows * 4
+    saved_extra = var.nxn_saved(causal) * nxn_bytes + mask_bytes + var.saved_row_bytes(elem) * rows
     inputs, output = q_bytes + kv_bytes, q_bytes
-    before = inputs + output + saved_extra
-    grads = q_bytes + kv_bytes + q_bytes  # dq, dk, dv and grad_out
-    transient = int(var.backward_nxn * nxn_bytes) + var.backward_row_floats * rows * 4
-    peak = before + grads + transient
+    before = inputs + output + saved_extra + var.live_q_buffers * q_bytes
+    v_bytes = kv_bytes // 2
+    # an n×n backward peaks in its softmax step, when only grad_out and dv exist besides the n×n buffers;
+    # a blocked backward peaks at its end, with every gradient and its working buffers live
+    softmax_step = q_bytes + v_bytes + int(var.backward_nxn * nxn_bytes)
+    end_step = (q_bytes + q_bytes + kv_bytes + var.backward_row_floats * rows * 4
+                + var.backward_fp32_q_buffers * rows * max(head_dim, 64) * 4)
+    peak = before + max(softmax_step, end_step)
     saved = inputs + (output if var.saves_output else 0) + saved_extra
     return MemoryPrediction(
         inputs_bytes=inputs,

@@ -30,7 +30,8 @@ def census_cases():
 @pytest.mark.parametrize(("name", "device", "dtype", "causal"), list(census_cases()))
 def test_declared_nxn_matches_census(name, device, dtype, causal):
     variant = VARIANTS[name]
-    q, k, v = random_qkv(2, 2, 64, 48, 32, dtype=dtype, device=device)
+    # square: SDPA's fused backends refuse causal with seq_q != seq_k on CUDA
+    q, k, v = random_qkv(2, 2, 64, 64, 32, dtype=dtype, device=device)
     census = census_of_attention(variant.fn, q, k, v, causal=causal)
     assert census.nxn_count == variant.nxn_saved(causal), (
         f"{name} declares {variant.nxn_saved(causal)} n×n tensors saved for backward "

@@ -19,7 +19,6 @@ SHAPES = ((2, 3, 97, 97, 16), (1, 2, 64, 64, 59), (2, 2, 48, 80, 32))
 # Row statistics (log-sum-exp, row max/sum) are sized as fp32 words by the model, but in fp64 the variants keep
 # them in fp64 (tiled and SDPA promote to at least fp32; naive keeps its row sum in the input dtype next to an
 # int64 argmax), so fp64 predictions of variants with row statistics are short by a few bytes per row.
-FP64_ROW_STATS_BUG = "memory model sizes saved row statistics as fp32 words; in fp64 they are fp64"
 
 
 def cpu_cases():
@@ -32,10 +31,6 @@ def cpu_cases():
                     continue
                 for causal in (False, True):
                     marks = []
-                    if dtype == torch.float64 and variant.saved_row_floats:
-                        if shape != SHAPES[0] or causal:
-                            continue  # one strict xfail per variant pins the known gap
-                        marks = [pytest.mark.xfail(reason=FP64_ROW_STATS_BUG, strict=True)]
                     case_id = "-".join([name, str(dtype).removeprefix("torch."), "x".join(map(str, shape)),
                                         "causal" if causal else "full"])
                     yield pytest.param(name, dtype, shape, causal, marks=marks, id=case_id)
@@ -87,7 +82,7 @@ def test_nxn_part_scales_quadratically_for_naive_and_not_for_tiled_or_flash():
     def census(name, seq_len):
         return census_of_attention(VARIANTS[name].fn, *qkv(2, 2, seq_len, seq_len, 16, torch.float32))
 
-    naive_row_bytes = VARIANTS["naive"].saved_row_floats * 2 * 2 * 4  # per unit of seq_len: linear, not n×n
+    naive_row_bytes = VARIANTS["naive"].saved_row_bytes(4) * 2 * 2  # per unit of seq_len: linear, not n×n
     for seq_len in (64, 128):
         small, large = model("naive", seq_len), model("naive", 2 * seq_len)
         nxn_small = small.saved_extra_bytes - naive_row_bytes * seq_len
