@@ -40,12 +40,16 @@ class SuiteRun:
 
 
 def run_suite(json_path: Path, *options: str, cwd: Path = REPO_ROOT, env: dict | None = None) -> SuiteRun:
-    """``python -m pytest benchmarks`` on the tiny grid, saving pytest-benchmark's JSON at ``json_path``."""
-    env = {**os.environ, **SUITE_ENV, **(env or {})}
-    env.pop("ATTNBENCH_PLANT", None)
+    """``python -m pytest benchmarks`` on the tiny grid, saving pytest-benchmark's JSON at ``json_path``.
+
+    ``env`` adds variables (e.g. ATTNBENCH_PLANT) to a copy of this process's environment without one.
+    """
+    env_overrides = env
+    env = {key: value for key, value in os.environ.items() if key != "ATTNBENCH_PLANT"}
+    env.update(SUITE_ENV, **(env_overrides or {}))
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
            f"--benchmark-json={json_path}", *TINY_GRID, *options]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     assert json_path.exists(), f"{' '.join(cmd)} wrote no JSON (exit {proc.returncode}):\n{output[-3000:]}"
     return SuiteRun(json_path, proc.returncode, output)

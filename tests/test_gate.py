@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from suite_runs import PASSES, TINY_SEQ_LENS, TINY_VARIANTS, SuiteRun, run_suite
+
 from attnbench import cli, gate
 from attnbench.compare import Finding, compare_time, mann_whitney_greater_p
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GRID = ["--attn-seq-lens", "32,64", "--attn-head-dims", "16", "--attn-variants", "naive,weights_only,tiled",
-        "--attn-max-time", "0.02"]
-VARIANTS = {"naive", "weights_only", "tiled"}
-SEQ_LENS = (32, 64)
-PASSES = ("forward", "backward")
-# One thread per run: on a small shared CPU runner, torch's thread pool fighting another process for the cores
-# turns microsecond kernels into millisecond stalls, far beyond any threshold.
-SUITE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+VARIANTS = set(TINY_VARIANTS)
+SEQ_LENS = TINY_SEQ_LENS
 # Two runs of the same code on a shared 2-core CPU can differ by 60% even in their fastest round: each
 # benchmark lasts ~20 ms, and another process taking a core for that long shifts every round. So the CPU
 # checks gate on the min with a 3x threshold, and the planted slowdown is 10x: two runs of the same code
@@ -41,16 +33,6 @@ NO_TIME = "median:100000"
 
 
 @dataclass
-class SuiteRun:
-    json_path: Path
-    returncode: int
-    output: str
-
-    def data(self) -> dict:
-        return json.loads(self.json_path.read_text())
-
-
-@dataclass
 class SuiteRuns:
     baseline: SuiteRun
     again: SuiteRun  # same code, compared in-run against the baseline with --attn-memory-compare-fail=0
@@ -59,16 +41,7 @@ class SuiteRuns:
 
 
 def _run_suite(json_path: Path, *options: str, plant: str | None = None) -> SuiteRun:
-    env = {**os.environ, **SUITE_ENV}
-    env.pop("ATTNBENCH_PLANT", None)
-    if plant:
-        env["ATTNBENCH_PLANT"] = plant
-    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
-           f"--benchmark-json={json_path}", *GRID, *options]
-    proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    assert json_path.exists(), f"{' '.join(cmd)} wrote no JSON (exit {proc.returncode}):\n{output[-3000:]}"
-    return SuiteRun(json_path, proc.returncode, output)
+    return run_suite(json_path, *options, env={"ATTNBENCH_PLANT": plant} if plant else None)
 
 
 @pytest.fixture(scope="session")
