@@ -91,3 +91,17 @@ def test_tiled_block_size_must_be_a_positive_int(block_size):
 def test_cuda_only_backends_say_they_need_cuda():
     for name in ("sdpa_efficient", "sdpa_cudnn"):
         assert "needs CUDA" in VARIANTS[name].unavailable_reason("cpu", torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["sdpa_flash", "sdpa_cudnn"])
+def test_fused_backend_refuses_an_unsupported_shape_with_its_reason(name):
+    """Causal with seq_q != seq_k is outside what these kernels accept: a ValueError, never a silent fallback."""
+    variant = VARIANTS[name]
+    q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 48, 64, device="cuda", dtype=torch.bfloat16)
+    reason = variant.shape_reason(q, k, k, causal=True)
+    assert reason is not None and "refuses" in reason, f"{name} should refuse causal 64x48, said {reason!r}"
+    with pytest.raises(ValueError, match="refuses"):
+        variant.fn(q, k, k, causal=True)
+    assert variant.shape_reason(q, q, q, causal=True) is None, f"{name} should accept causal 64x64"
