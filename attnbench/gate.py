@@ -9,7 +9,6 @@ different environments without --allow-env-mismatch).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from .compare import (
     environment_mismatches,
 )
 from .grid import parse_percent
+from .results import RunError, read_run_json
 
 EXIT_OK, EXIT_REGRESSION, EXIT_CANNOT_JUDGE = 0, 1, 2
 
@@ -80,20 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_run(path: Path, role: str) -> dict:
     """A saved pytest-benchmark run, or CannotJudge saying what is wrong with the file."""
-    hint = "pass the JSON written by `pytest benchmarks --benchmark-autosave` (under .benchmarks/) or --benchmark-json"
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise CannotJudge(f"{role} file {path} does not exist; {hint}") from None
-    except OSError as exc:
-        raise CannotJudge(f"cannot read {role} file {path}: {exc.strerror}; {hint}") from None
-    try:
-        run = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CannotJudge(f"{role} file {path} is not JSON ({exc}); {hint}") from None
-    if not isinstance(run, dict) or not isinstance(run.get("benchmarks"), list) or "machine_info" not in run:
-        raise CannotJudge(f"{role} file {path} is not a pytest-benchmark run (no 'benchmarks' or 'machine_info'); {hint}")
-    return run
+        return read_run_json(path, role)
+    except RunError as exc:
+        raise CannotJudge(str(exc)) from None
 
 
 def judge(args) -> tuple[int, str]:

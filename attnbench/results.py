@@ -68,18 +68,32 @@ def cell_key(info: dict) -> str:
     return f"{info['variant']}-s{info['seq_len']}-d{info['head_dim']}-b{info['batch']}-h{info['heads']}-{info['dtype']}-{mask}"
 
 
-def load_run(path: str | Path) -> Run:
-    """Load a saved run; RunError (with advice) when the file is missing, unreadable or not a run."""
+RUN_HINT = "pass the JSON written by `pytest benchmarks --benchmark-autosave` (under .benchmarks/) or --benchmark-json"
+
+
+def read_run_json(path: str | Path, role: str = "run") -> dict:
+    """A saved pytest-benchmark run as a dict; RunError naming the ``role`` and what to do otherwise."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
-        raise RunError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: not readable as JSON ({exc})") from None
-    if not isinstance(data, dict) or "benchmarks" not in data or "machine_info" not in data:
-        raise RunError(f"{path}: not a pytest-benchmark run (no 'benchmarks'/'machine_info'); "
-                       "save one with `pytest benchmarks --benchmark-autosave` or --benchmark-json=FILE")
+        raise RunError(f"{role} file {path} does not exist (no such file); {RUN_HINT}") from None
+    except OSError as exc:
+        raise RunError(f"cannot read {role} file {path}: {exc.strerror}; {RUN_HINT}") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{role} file {path} is not JSON, not readable as JSON ({exc}); {RUN_HINT}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or "machine_info" not in data:
+        raise RunError(f"{role} file {path} is not a pytest-benchmark run (no 'benchmarks' or 'machine_info'); "
+                       f"{RUN_HINT}")
+    return data
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a saved run with its cells; RunError (with advice) when the file is missing, unreadable or not a run."""
+    path = Path(path)
+    data = read_run_json(path)
     cells: dict[str, CellResult] = {}
     for record in data.get("attnbench", {}).get("cells", []):
         cells[record["key"]] = CellResult(record["key"], record, record["status"], record.get("message", ""))
