@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .grid import cell_key as grid_cell_key
+
 #: memory figures compared per cell; census bytes are exact, the allocator's figures nearly so.
 MEMORY_KEYS = ("saved_bytes", "mem_before_backward_bytes", "peak_bytes")
 #: the default latency gate: median more than 10% slower, and outside both runs' noise.
@@ -170,11 +172,8 @@ def status_changes(baseline_status: dict[str, str], current_status: dict[str, st
 
 def cell_key(entry: dict) -> str | None:
     """The grid cell of a benchmark entry, as ``Cell.key`` spells it (None for a non-attnbench benchmark)."""
-    info = entry.get("extra_info", {})
     try:
-        mask = "causal" if info["causal"] else "full"
-        return (f"{info['variant']}-s{info['seq_len']}-d{info['head_dim']}-b{info['batch']}-h{info['heads']}-"
-                f"{info['dtype']}-{mask}")
+        return grid_cell_key(entry.get("extra_info", {}))
     except KeyError:
         return entry.get("param")
 

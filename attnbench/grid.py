@@ -51,6 +51,12 @@ DEFAULT_CUDA_PRESET = "seed"
 DEFAULT_CPU_PRESET = "cpu-small"
 
 
+def cell_key(info: dict) -> str:
+    """``Cell.key`` from a cell's fields (a Cell as a dict, a saved record or a benchmark's extra_info)."""
+    mask = "causal" if info["causal"] else "full"
+    return f"{info['variant']}-s{info['seq_len']}-d{info['head_dim']}-b{info['batch']}-h{info['heads']}-{info['dtype']}-{mask}"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One point of the grid for one variant."""
@@ -71,8 +77,7 @@ class Cell:
     @property
     def key(self) -> str:
         """Stable, human-readable id: the same cell has the same key in every run."""
-        mask = "causal" if self.causal else "full"
-        return f"{self.variant}-s{self.seq_len}-d{self.head_dim}-b{self.batch}-h{self.heads}-{self.dtype}-{mask}"
+        return cell_key(self.as_dict())
 
     @property
     def group(self) -> str:

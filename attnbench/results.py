@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .grid import cell_key
+
 DEFAULT_STORAGE = ".benchmarks"
 
 
@@ -61,11 +63,6 @@ def newest_run(storage: str | Path = DEFAULT_STORAGE) -> Path:
             f"no saved runs under {storage}/; run `pytest benchmarks --benchmark-autosave` first, or pass RUN.json"
         )
     return runs[-1]
-
-
-def cell_key(info: dict) -> str:
-    mask = "causal" if info["causal"] else "full"
-    return f"{info['variant']}-s{info['seq_len']}-d{info['head_dim']}-b{info['batch']}-h{info['heads']}-{info['dtype']}-{mask}"
 
 
 RUN_HINT = "pass the JSON written by `pytest benchmarks --benchmark-autosave` (under .benchmarks/) or --benchmark-json"
