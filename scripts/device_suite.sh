@@ -10,9 +10,9 @@ import torch, triton
 print("card:", torch.cuda.get_device_name(), "| torch", torch.__version__, "| cuda", torch.version.cuda,
       "| triton", triton.__version__)
 PY
-HYPOTHESIS_PROFILE=ci python -m pytest tests -q -p no:cacheprovider ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -5
+HYPOTHESIS_PROFILE=ci python -m pytest tests -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -5
 python -m pytest benchmarks -q -p no:cacheprovider --benchmark-autosave --benchmark-storage="$OUT/bench" \
-    --attn-timing-check ${BENCH_ARGS:-} 2>&1 > "$OUT/bench.log"; echo "benchmarks exit $?"
+    --attn-timing-check 2>&1 > "$OUT/bench.log"; echo "benchmarks exit $?"
 tail -25 "$OUT/bench.log"
 run=$(ls -t "$OUT"/bench/*/*.json | head -1)
 cp "$run" "$OUT/run.json"
