@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The GPU evidence in two calls on a 2-GPU machine; each card runs one queue, so every compared pair of
-# runs comes from one card, back to back. Each step has a deadline so a call returns inside the device's
-# 10 minutes; all output is packed into $OUT/results.tgz (the device returns at most 8 files).
+# The GPU evidence in three calls on a 2-GPU machine; each card runs one queue, so every compared pair
+# of runs comes from one card, back to back. Each step has a deadline so a call returns inside the
+# device's 10 minutes; all output is packed into $OUT/results.tgz (the device returns at most 8 files).
 #   bash scripts/device_gating.sh 1   GPU 0: the default grid with --attn-timing-check (report, fidelity,
 #                                     memory model); GPU 1: two default runs (A/A 1)
-#   bash scripts/device_gating.sh 2   GPU 0: a default run, then planted regressions (A/A 2 against the
-#                                     run before, planted against it); GPU 1: the test suite, then the
-#                                     fa2-paper preset
+#   bash scripts/device_gating.sh 2   GPU 0: two default runs (A/A 2); GPU 1: a default run, then one
+#                                     with planted regressions, gated against it
+#   bash scripts/device_gating.sh 3   GPU 0: the test suite; GPU 1: the fa2-paper preset
 set -uo pipefail
-PART=${1:?usage: device_gating.sh 1|2}
+PART=${1:?usage: device_gating.sh 1|2|3}
 OUT=${OUT:-out}
 W="$OUT/w"
 mkdir -p "$W"
@@ -34,16 +34,20 @@ if [ "$PART" = 1 ]; then
     python -m attnbench.cli report "$W/seed.json" --plots "$W/plots" -o "$W/report.md"
     CUDA_VISIBLE_DEVICES=0 python -m attnbench.cli oom > "$W/oom.md" 2>&1
     sed -n '/## Comparison/,/## Out of memory/p' "$W/report.md" | head -60
-else
-    ( grid 0 aa3; ATTNBENCH_PLANT="slow:torch_softmax:0.15,extra_nxn:weights_only" grid 0 planted ) &
-    (
-        CUDA_VISIBLE_DEVICES=1 HYPOTHESIS_PROFILE=ci timeout --signal=INT 300 \
-            python -m pytest tests -q -p no:cacheprovider -rfE > "$W/tests.log" 2>&1
-        echo "[gpu1] tests exit $? after $((SECONDS - START)) s: $(tail -1 "$W/tests.log")"
-        grid 1 fa2 --attn-preset fa2-paper --attn-variants sdpa_flash,sdpa_cudnn,triton_flash
-    ) &
+elif [ "$PART" = 2 ]; then
+    ( grid 0 aa3; grid 0 aa4 ) &
+    ( grid 1 base; ATTNBENCH_PLANT="slow:torch_softmax:0.15,extra_nxn:weights_only" grid 1 planted ) &
     wait
-    gate aa3 planted
+    gate aa3 aa4
+    gate base planted
+else
+    (
+        CUDA_VISIBLE_DEVICES=0 HYPOTHESIS_PROFILE=ci timeout --signal=INT "$(left)" \
+            python -m pytest tests -q -p no:cacheprovider -rfE > "$W/tests.log" 2>&1
+        echo "[gpu0] tests exit $? after $((SECONDS - START)) s: $(tail -1 "$W/tests.log")"
+    ) &
+    grid 1 fa2 --attn-preset fa2-paper --attn-variants sdpa_flash,sdpa_cudnn,triton_flash &
+    wait
     grep -E "^(FAILED|ERROR)" "$W/tests.log" | head -20
     python -m attnbench.cli report "$W/fa2.json" -o "$W/fa2.md" && sed -n '/## Comparison/,/### Scaling/p' "$W/fa2.md"
 fi
