@@ -48,6 +48,20 @@ def environment() -> dict:
     return env
 
 
+def _nvml_handle(pynvml):
+    """NVML's handle for torch's current device. NVML ignores CUDA_VISIBLE_DEVICES, so match by UUID."""
+    if torch.cuda.is_available():
+        uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+        if uuid is not None:
+            text = str(uuid)
+            try:
+                return pynvml.nvmlDeviceGetHandleByUUID(text if text.startswith("GPU-") else f"GPU-{text}")
+            except pynvml.NVMLError:
+                pass  # fall back to the index, right whenever CUDA_VISIBLE_DEVICES is unset
+        return pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+    return pynvml.nvmlDeviceGetHandleByIndex(0)
+
+
 def gpu_sample() -> dict:
     """Clocks, temperature, power, throttle reasons and other processes of GPU 0, now."""
     sample: dict = {"time": datetime.now(timezone.utc).isoformat()}
@@ -62,7 +76,7 @@ def gpu_sample() -> dict:
         sample["error"] = f"NVML unavailable: {exc}"
         return sample
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        handle = _nvml_handle(pynvml)
         name = pynvml.nvmlDeviceGetName(handle)
         sample["name"] = name.decode() if isinstance(name, bytes) else name
         driver = pynvml.nvmlSystemGetDriverVersion()
