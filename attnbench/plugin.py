@@ -167,8 +167,15 @@ def _build_session(config: pytest.Config) -> AttnSession:
         device=device, preset=preset_name, cells=cells, left_out=left_out, explicit_variants=explicit,
         max_time_s=opts["max-time"] or DEFAULT_MAX_TIME_S, min_rounds=opts["min-rounds"] or DEFAULT_MIN_ROUNDS,
         timing_check=config.getoption("attn_timing_check"), memory_compare_fail=opts["memory-compare-fail"],
-        plants=plants_from_env(),
+        plants=_plants(),
     )
+
+
+def _plants() -> dict:
+    try:
+        return plants_from_env()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.hookimpl(tryfirst=True)
