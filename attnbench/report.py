@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -323,10 +324,12 @@ def run(args: argparse.Namespace) -> int:
     text = render(run_obj)
     if args.plots:
         paths = write_plots(run_obj, args.plots)
-        text += "\n## Plots\n\n" + "\n".join(
-            f"![{p.stem}]({p.relative_to(args.output.parent) if args.output else p})"
-            if not args.output or p.is_relative_to(args.output.parent) else f"![{p.stem}]({p})"
-            for p in paths) + "\n"
+        def link(path: Path) -> str:  # relative to the markdown file when there is one
+            if args.output is None:
+                return path.as_posix()
+            return Path(os.path.relpath(path.resolve(), args.output.parent.resolve())).as_posix()
+
+        text += "\n## Plots\n\n" + "".join(f"![{p.stem}]({link(p)})\n" for p in paths)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
