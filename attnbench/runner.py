@@ -31,7 +31,7 @@ MAX_ROUNDS = 100
 #: fraction of the free device memory a cell may be predicted to need and still be attempted.
 OOM_SAFETY_FRACTION = 0.97
 #: rounds of the independent CUDA-event measurement (--attn-timing-check).
-TIMING_CHECK_ROUNDS = 30
+TIMING_CHECK_ROUNDS = 20
 #: the GPU spin before each timed call lasts this many times the host's time to launch the call ...
 LAUNCH_SLACK_FACTOR = 2.0
 #: ... plus this much, and at most MAX_LAUNCH_SLACK_S (a call that takes longer to launch is host-bound).
