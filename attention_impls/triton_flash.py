@@ -392,15 +392,16 @@ if triton is not None:
 _TILES = {
     ("fwd", 2): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
                  (64, 32, 4, 2)],
-    # Triton's fp32 "ieee" dot runs on FMA units and keeps whole head_dim rows in registers: small tiles
-    ("fwd", 4): [(32, 32, 4, 2), (64, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
+    # fp32 runs on tensor cores ("tf32x3" or "tf32"): operands take twice the shared memory of
+    # bf16, so two stages; the "x3" split keeps a high and a low half of each operand in registers
+    ("fwd", 4): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)],
     # dK/dV: BLOCK_M1 queries stream past BLOCK_N1 resident keys; the dK and dV accumulators are the
     # register bill, so 8 warps share them
     ("dkdv", 2): [(32, 128, 8, 3), (16, 128, 8, 3), (64, 128, 8, 3), (32, 64, 8, 3), (16, 64, 4, 3)],
-    ("dkdv", 4): [(16, 32, 4, 2), (32, 32, 4, 2), (16, 16, 4, 2)],
+    ("dkdv", 4): [(32, 64, 8, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
     # dQ: BLOCK_N2 keys stream past BLOCK_M2 resident queries
     ("dq", 2): [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
-    ("dq", 4): [(32, 32, 4, 2), (16, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
+    ("dq", 4): [(64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
 }
 #: the interpreter runs one small config: tuning there would only cost time
 _INTERPRETER_TILE = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
@@ -484,9 +485,16 @@ def _seq_bucket(seq_q: int, seq_k: int) -> int:
 
 
 def _input_precision(dtype: torch.dtype) -> str:
-    """tl.dot's precision for fp32 operands, following torch's own matmul setting."""
+    """tl.dot's precision for fp32 operands, following torch's own matmul setting.
+
+    With TF32 off (torch's default) the dots run as "tf32x3": each operand is split into a TF32
+    high part and a TF32 remainder, and three tensor-core products (hi·hi + hi·lo + lo·hi) recover
+    fp32 accuracy. That is what PyTorch's own fp32 flash-style kernel does (sdpa_efficient: CUTLASS
+    ``OpMultiplyAddFastF32`` on compute capability >= 8.0), so fp32 compares like with like; Triton's
+    "ieee" dot runs on FMA units at a fraction of the speed.
+    """
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
+        return "tf32x3"
     return "tf32"  # Triton's default; ignored for fp16/bf16 operands
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU evidence in three calls on a 2-GPU machine; each card runs one queue, so every compared pair
+# The GPU evidence in two calls on a 2-GPU machine; each card runs one queue, so every compared pair
 # of runs comes from one card, back to back. Each step has a deadline so a call returns inside the
 # device's 10 minutes; all output is packed into $OUT/results.tgz (the device returns at most 8 files).
-#   bash scripts/device_gating.sh 1   GPU 0: the default grid with --attn-timing-check (report, fidelity,
-#                                     memory model); GPU 1: two default runs (A/A 1)
-#   bash scripts/device_gating.sh 2   GPU 0: two default runs (A/A 2); GPU 1: a default run, then one
-#                                     with planted regressions, gated against it
-#   bash scripts/device_gating.sh 3   GPU 0: the test suite; GPU 1: the fa2-paper preset
+#   bash scripts/device_gating.sh 1   Triton kernels precompiled on every core; then GPU 0: the test suite,
+#                                     then the fa2-paper preset; GPU 1: the default grid with
+#                                     --attn-timing-check (report, fidelity, memory model, oom)
+#   bash scripts/device_gating.sh 2   GPU 0: two default runs (A/A); GPU 1: a default run, then one
+#                                     with planted regressions; both pairs gated
 set -uo pipefail
 PART=${1:?usage: device_gating.sh 1|2|3}
 OUT=${OUT:-out}
@@ -27,28 +27,26 @@ gate() {  # gate BASE CUR: the default gate; its table saved
 }
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$W/cards.txt"
 if [ "$PART" = 1 ]; then
-    grid 0 seed --attn-timing-check &
-    ( grid 1 aa1; grid 1 aa2 ) &
+    python scripts/precompile_triton.py > "$W/precompile.log" 2>&1
+    echo "precompile exit $? after $((SECONDS - START)) s: $(tail -1 "$W/precompile.log")"
+    (
+        CUDA_VISIBLE_DEVICES=0 HYPOTHESIS_PROFILE=ci timeout --signal=INT "$(( $(left) - 130 ))" \
+            python -m pytest tests -q -p no:cacheprovider -rfE --durations=25 > "$W/tests.log" 2>&1
+        echo "[gpu0] tests exit $? after $((SECONDS - START)) s: $(tail -1 "$W/tests.log")"
+        grid 0 fa2 --attn-preset fa2-paper --attn-variants sdpa_flash,sdpa_cudnn,triton_flash
+    ) &
+    grid 1 seed --attn-timing-check --durations=15 &
     wait
-    gate aa1 aa2
+    grep -E "^(FAILED|ERROR)" "$W/tests.log" | head -20
     python -m attnbench.cli report "$W/seed.json" --plots "$W/plots" -o "$W/report.md"
-    CUDA_VISIBLE_DEVICES=0 python -m attnbench.cli oom > "$W/oom.md" 2>&1
-    sed -n '/## Comparison/,/## Out of memory/p' "$W/report.md" | head -60
-elif [ "$PART" = 2 ]; then
+    CUDA_VISIBLE_DEVICES=1 python -m attnbench.cli oom > "$W/oom.md" 2>&1
+    python -m attnbench.cli report "$W/fa2.json" -o "$W/fa2.md" && sed -n '/## Comparison/,/### Scaling/p' "$W/fa2.md"
+    sed -n '/## Comparison/,/## Out of memory/p' "$W/report.md" | head -70
+else
     ( grid 0 aa3; grid 0 aa4 ) &
     ( grid 1 base; ATTNBENCH_PLANT="slow:torch_softmax:0.15,extra_nxn:weights_only" grid 1 planted ) &
     wait
     gate aa3 aa4
     gate base planted
-else
-    (
-        CUDA_VISIBLE_DEVICES=0 HYPOTHESIS_PROFILE=ci timeout --signal=INT "$(left)" \
-            python -m pytest tests -q -p no:cacheprovider -rfE > "$W/tests.log" 2>&1
-        echo "[gpu0] tests exit $? after $((SECONDS - START)) s: $(tail -1 "$W/tests.log")"
-    ) &
-    grid 1 fa2 --attn-preset fa2-paper --attn-variants sdpa_flash,sdpa_cudnn,triton_flash &
-    wait
-    grep -E "^(FAILED|ERROR)" "$W/tests.log" | head -20
-    python -m attnbench.cli report "$W/fa2.json" -o "$W/fa2.md" && sed -n '/## Comparison/,/### Scaling/p' "$W/fa2.md"
 fi
 tar -czf "$OUT/results.tgz" -C "$OUT" w

@@ -347,7 +347,7 @@ def main(argv=None) -> int:
     say(f"ceilings: {json.dumps(limits)}")
     plan = [(dt, hd, c, tf._input_precision(dt), s, s) for dt, _, _, s, hd, c in timing_shapes()]
     if not args.skip_correctness:
-        plan += [(dt, hd, c, "ieee" if dt == torch.float32 else "tf32", sq, sk) for dt, hd, sq, sk, c in correctness_cases()]
+        plan += [(dt, hd, c, tf._input_precision(dt), sq, sk) for dt, hd, sq, sk, c in correctness_cases()]
         plan.append((torch.float32, TF32_CASE[1], TF32_CASE[4], "tf32", TF32_CASE[2], TF32_CASE[3]))
     if args.compile_workers:
         precompile(plan, args.compile_workers)

@@ -232,4 +232,4 @@ def test_gpu_tf32_follows_torch_setting(monkeypatch):
     assert tf._input_precision(torch.float32) == "tf32"
     assert_matches_reference(257, 513, 64, True, torch.float32, "cuda")
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert tf._input_precision(torch.float32) == "ieee"
+    assert tf._input_precision(torch.float32) == "tf32x3"
