@@ -267,6 +267,31 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["attnbench"] = info
 
 
+#: machine_info["attnbench"] keys that are samples of the GPU's state, different in every run by design
+_SAMPLE_KEYS = ("gpu_start", "gpu_end", "flags")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
+    """Let ``--benchmark-compare`` judge the environment, not the GPU's clocks and temperature.
+
+    pytest-benchmark warns when the compared run's machine_info differs in any way (and crashes while
+    warning when the storage lies outside the working directory). The GPU samples differ in every
+    run, so the built-in check sees them only with the samples set aside; versions and the GPU's
+    identity still count.
+    """
+    set_aside = []
+    for info in (machine_info, (compared_benchmark or {}).get("machine_info") or {}):
+        ours = info.get("attnbench")
+        if isinstance(ours, dict):
+            set_aside.append((ours, {k: ours.pop(k) for k in _SAMPLE_KEYS if k in ours}))
+    try:
+        yield
+    finally:
+        for ours, samples in set_aside:
+            ours.update(samples)
+
+
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
     """Save every cell's record, OOM cells included, under ``attnbench``."""
     s = attn_session(config)

@@ -269,6 +269,26 @@ def test_in_run_memory_gate_passes_same_code(runs):
     assert "Comparing against benchmarks from" in run.output, "pytest-benchmark should have compared with 0001"
 
 
+def test_benchmark_compare_sees_the_environment_but_not_the_gpu_samples():
+    """GPU clocks and temperature differ in every run: pytest-benchmark's machine_info check must not see
+    them (it warns on any difference), but must get them back afterwards, and still sees the versions."""
+    from attnbench import plugin
+
+    current = {"node": "a", "attnbench": {"env": {"gpu": "H200", "torch": "2.11"},
+                                          "gpu_start": {"temperature_c": 40}, "gpu_end": {"temperature_c": 61},
+                                          "flags": []}}
+    saved = {"machine_info": {"node": "a", "attnbench": {"env": {"gpu": "H200", "torch": "2.10"},
+                                                         "gpu_start": {"temperature_c": 55}, "flags": ["throttled"]}}}
+    before = copy.deepcopy((current, saved))
+    hook = plugin.pytest_benchmark_compare_machine_info(None, None, current, saved)
+    next(hook)  # what pytest-benchmark's own check sees
+    assert current["attnbench"] == {"env": {"gpu": "H200", "torch": "2.11"}}
+    assert saved["machine_info"]["attnbench"] == {"env": {"gpu": "H200", "torch": "2.10"}}
+    with pytest.raises(StopIteration):
+        hook.send(None)
+    assert (current, saved) == before, "the samples must be put back: they are saved with the run"
+
+
 # -- the noise rule on hand-made statistics
 
 
