@@ -394,14 +394,17 @@ _TILES = {
                  (64, 32, 4, 2)],
     # fp32 runs on tensor cores ("tf32x3" or "tf32"): operands take twice the shared memory of
     # bf16, so two stages; the "x3" split keeps a high and a low half of each operand in registers
-    ("fwd", 4): [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)],
+    ("fwd", 4): [(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (64, 32, 8, 2), (64, 32, 4, 3),
+                 (64, 32, 4, 2), (32, 32, 4, 2)],
     # dK/dV: BLOCK_M1 queries stream past BLOCK_N1 resident keys; the dK and dV accumulators are the
     # register bill, so 8 warps share them
     ("dkdv", 2): [(32, 128, 8, 3), (16, 128, 8, 3), (64, 128, 8, 3), (32, 64, 8, 3), (16, 64, 4, 3)],
-    ("dkdv", 4): [(32, 64, 8, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
+    ("dkdv", 4): [(32, 64, 8, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2),
+                  (32, 32, 4, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
     # dQ: BLOCK_N2 keys stream past BLOCK_M2 resident queries
     ("dq", 2): [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
-    ("dq", 4): [(64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
+    ("dq", 4): [(64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2),
+                (16, 32, 4, 2)],
 }
 #: the interpreter runs one small config: tuning there would only cost time
 _INTERPRETER_TILE = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
