@@ -52,7 +52,11 @@ class Run:
 
     @property
     def device_label(self) -> str:
-        return self.env.get("gpu_name") or f"CPU ({self.data.get('machine_info', {}).get('cpu', {}).get('brand_raw', 'unknown')})"
+        """The GPU's name for a run on CUDA; "CPU (brand)" for a run on the CPU, also on a machine with a GPU."""
+        ran_on = (self.data.get("attnbench") or {}).get("device")
+        if ran_on != "cpu" and self.env.get("gpu_name"):
+            return self.env["gpu_name"]
+        return f"CPU ({self.data.get('machine_info', {}).get('cpu', {}).get('brand_raw', 'unknown')})"
 
 
 def newest_run(storage: str | Path = DEFAULT_STORAGE) -> Path:

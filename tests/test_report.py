@@ -197,6 +197,17 @@ def test_output_file(run_json, tmp_path, capsys):
     assert out.read_text().startswith("# attnbench results: CPU"), out.read_text()[:200]
 
 
+@pytest.mark.parametrize(("ran_on", "title"), [("cpu", "# attnbench results: CPU"),
+                                               ("cuda", "# attnbench results: NVIDIA H200")])
+def test_title_names_the_device_the_run_used(run_json, tmp_path, capsys, ran_on, title):
+    """A CPU run on a machine that has a GPU is a CPU run: the GPU's name is in its environment all the same."""
+    data = json.loads(run_json.read_text())
+    data["machine_info"]["attnbench"]["env"]["gpu_name"] = "NVIDIA H200"
+    data["attnbench"]["device"] = ran_on
+    markdown = report(capsys, write_json(tmp_path / "run.json", data))
+    assert markdown.splitlines()[0].startswith(title), markdown[:200]
+
+
 def test_without_argument_the_newest_stored_run_is_reported(run_json, tmp_path, capsys):
     data = json.loads(run_json.read_text())
     storage = tmp_path / "storage"
