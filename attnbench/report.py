@@ -242,8 +242,10 @@ def machine(run: Run) -> list[str]:
     for label, key in (("driver", "driver"), ("CUDA", "cuda"), ("torch", "torch"), ("triton", "triton")):
         if env.get(key):
             parts.append(f"{label} {env[key]}")
+    commit = run.data.get("commit_info") or {}
+    dirty = " (uncommitted changes)" if commit.get("dirty") else ""
     lines = [" · ".join(parts), "", f"Run: `{run.path.name}` ({run.data.get('datetime', '?')}); "
-             f"commit {str(run.data.get('commit_info', {}).get('id', '?'))[:12]}", ""]
+             f"commit {str(commit.get('id', '?'))[:12]}{dirty}", ""]
     for flag in run.machine.get("flags", []):
         lines += [f"**Warning:** {flag}", ""]
     plants = run.data.get("attnbench", {}).get("plants")

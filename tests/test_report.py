@@ -208,6 +208,15 @@ def test_title_names_the_device_the_run_used(run_json, tmp_path, capsys, ran_on,
     assert markdown.splitlines()[0].startswith(title), markdown[:200]
 
 
+@pytest.mark.parametrize("dirty", [False, True])
+def test_header_names_the_commit_and_whether_it_had_changes(run_json, tmp_path, capsys, dirty):
+    data = json.loads(run_json.read_text())
+    data["commit_info"] = {"id": "0123456789abcdef0123", "dirty": dirty}
+    header = report(capsys, write_json(tmp_path / "run.json", data)).split("## Comparison")[0]
+    assert "commit 0123456789ab" in header, header
+    assert ("(uncommitted changes)" in header) == dirty, header
+
+
 def test_without_argument_the_newest_stored_run_is_reported(run_json, tmp_path, capsys):
     data = json.loads(run_json.read_text())
     storage = tmp_path / "storage"
