@@ -28,14 +28,20 @@ gate() {  # gate BASE CUR: the default gate; its table saved
     python -m attnbench.cli gate "$W/$1.json" "$W/$2.json" > "$W/gate-$1-$2.md" 2>&1
     echo "gate $1 -> $2: exit $?"; grep -E "^### attnbench gate" "$W/gate-$1-$2.md"
 }
-nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$W/cards.txt"
-if [ "$PART" = 1 ]; then
+precompile() {  # every Triton kernel the session runs, compiled on all cores into Triton's cache
     python scripts/precompile_triton.py > "$W/precompile.log" 2>&1
     echo "precompile exit $? after $((SECONDS - START)) s: $(tail -1 "$W/precompile.log")"
+}
+gpu_tests() {  # gpu_tests MARGIN: the test suite on GPU 0, stopped MARGIN s before the deadline
+    CUDA_VISIBLE_DEVICES=0 HYPOTHESIS_PROFILE=ci timeout --signal=INT "$(( $(left) - $1 ))" \
+        python -m pytest tests -q -p no:cacheprovider -rfE --durations=25 > "$W/tests.log" 2>&1
+    echo "[gpu0] tests exit $? after $((SECONDS - START)) s: $(tail -1 "$W/tests.log")"
+}
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$W/cards.txt"
+if [ "$PART" = 1 ]; then
+    precompile
     (
-        CUDA_VISIBLE_DEVICES=0 HYPOTHESIS_PROFILE=ci timeout --signal=INT "$(( $(left) - 130 ))" \
-            python -m pytest tests -q -p no:cacheprovider -rfE --durations=25 > "$W/tests.log" 2>&1
-        echo "[gpu0] tests exit $? after $((SECONDS - START)) s: $(tail -1 "$W/tests.log")"
+        gpu_tests 130
         grid 0 fa2 --attn-preset fa2-paper --attn-variants sdpa_flash,sdpa_cudnn,triton_flash
     ) &
     grid 1 seed --attn-timing-check --durations=15 &
@@ -46,13 +52,8 @@ if [ "$PART" = 1 ]; then
     python -m attnbench.cli report "$W/fa2.json" -o "$W/fa2.md" && sed -n '/## Comparison/,/### Scaling/p' "$W/fa2.md"
     sed -n '/## Comparison/,/## Out of memory/p' "$W/report.md" | head -70
 elif [ "$PART" = 3 ]; then
-    python scripts/precompile_triton.py > "$W/precompile.log" 2>&1
-    echo "precompile exit $? after $((SECONDS - START)) s: $(tail -1 "$W/precompile.log")"
-    (
-        CUDA_VISIBLE_DEVICES=0 HYPOTHESIS_PROFILE=ci timeout --signal=INT "$(( $(left) - 20 ))" \
-            python -m pytest tests -q -p no:cacheprovider -rfE --durations=25 > "$W/tests.log" 2>&1
-        echo "[gpu0] tests exit $? after $((SECONDS - START)) s: $(tail -1 "$W/tests.log")"
-    ) &
+    precompile
+    gpu_tests 20 &
     (
         export CUDA_VISIBLE_DEVICES=1
         python scripts/triton_tiles.py --dtype fp32 --head-dims 64,128 --seq-lens 4096,16384 > "$W/tiles.txt" 2>&1
