@@ -1,9 +1,14 @@
 """``attnbench gate BASELINE.json CURRENT.json``: exit 1 when the current run regressed, 2 when it cannot judge.
 
-Reads two saved pytest-benchmark runs, compares them cell by cell (``attnbench.compare.compare_runs``) and
-prints a markdown table of every regression and improvement. Exit codes: 0 nothing regressed, 1 something
-did, 2 the runs cannot be judged (unreadable, not pytest-benchmark runs, nothing in common, or measured in
-different environments without --allow-env-mismatch).
+Reads two saved runs through ``attnbench.record`` (which refuses what it cannot trust), compares them cell
+by cell (``attnbench.compare.compare_runs``) and prints a markdown table of every regression and
+improvement. Exit codes:
+
+    0  nothing regressed
+    1  something regressed (the table says what)
+    2  the runs cannot be judged: unreadable or untrustworthy files, an incomplete run, no cells in common,
+       different timing modes, different environments without --allow-env-mismatch, or bad arguments
+    3  the gate could not write its --summary file
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import render
 from .compare import (
     DEFAULT_MEMORY_PCT,
     DEFAULT_TIME_PCT,
@@ -24,9 +30,9 @@ from .compare import (
     environment_mismatches,
 )
 from .grid import parse_percent
-from .results import RunError, read_run_json
+from .record import Run, RunError, load
 
-EXIT_OK, EXIT_REGRESSION, EXIT_CANNOT_JUDGE = 0, 1, 2
+EXIT_OK, EXIT_REGRESSION, EXIT_CANNOT_JUDGE, EXIT_OUTPUT_ERROR = 0, 1, 2, 3
 
 
 class CannotJudge(Exception):
@@ -34,7 +40,7 @@ class CannotJudge(Exception):
 
 
 def parse_time_rule(text: str) -> tuple[str, float]:
-    """'median:10' or 'median:10%' -> ('median', 10.0); STAT one of min, max, mean, median."""
+    """'median:10' or 'median:10%' -> ('median', 10.0); STAT one of min, max, mean, median; PCT finite."""
     stat, sep, pct = str(text).partition(":")
     if not sep:
         raise argparse.ArgumentTypeError(
@@ -52,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gate`` subcommand's arguments."""
     parser.description = (
         "Compare two saved runs cell by cell. Exit 0: nothing regressed; 1: a regression (table printed); "
-        "2: cannot judge (unreadable files, no cells in common, different environments)."
+        "2: cannot judge (unreadable or untrustworthy files, an incomplete run, no cells in common, different "
+        "timing modes or environments); 3: the --summary file could not be written."
     )
     parser.add_argument("baseline", metavar="BASELINE.json", type=Path, help="the reference run (e.g. main's)")
     parser.add_argument("current", metavar="CURRENT.json", type=Path, help="the run being judged")
@@ -78,18 +85,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-def load_run(path: Path, role: str) -> dict:
-    """A saved pytest-benchmark run, or CannotJudge saying what is wrong with the file."""
+def load_run(path: Path, role: str) -> Run:
+    """A saved run, complete and trustworthy, or CannotJudge saying what is wrong with it."""
     try:
-        return read_run_json(path, role)
+        run_ = load(path, role)
     except RunError as exc:
         raise CannotJudge(str(exc)) from None
+    if not run_.complete:
+        raise CannotJudge(f"{role} file {path} is an incomplete run ({run_.stop_reason}); a partial run cannot be "
+                          "judged: measure it again")
+    return run_
 
 
 def judge(args) -> tuple[int, str]:
     """The exit code and the markdown report for two runs; raises CannotJudge."""
     baseline, current = load_run(args.baseline, "baseline"), load_run(args.current, "current")
-    lines = []
+    if baseline.timing != current.timing:
+        raise CannotJudge(f"the runs were timed differently (baseline: {baseline.timing.describe()}, current: "
+                          f"{current.timing.describe()}); measure both with the same --attn-timing and --attn-flush-l2")
     mismatches = environment_mismatches(baseline, current)
     if mismatches and not args.allow_env_mismatch:
         raise CannotJudge(
@@ -101,43 +114,63 @@ def judge(args) -> tuple[int, str]:
     comparison = compare_runs(baseline, current, time_stat=stat, time_pct=time_pct, memory_pct=args.memory_pct)
     if comparison.cells_compared == 0:
         raise CannotJudge(
-            f"no cells in common between {args.baseline} ({len(baseline['benchmarks'])} benchmarks) and "
-            f"{args.current} ({len(current['benchmarks'])} benchmarks); run the same grid (--attn-* options) "
-            "for both"
+            f"no cells in common between {args.baseline} ({len(baseline.cells)} cells) and {args.current} "
+            f"({len(current.cells)} cells); run the same grid (--attn-* options) for both"
         )
     code = EXIT_REGRESSION if comparison.regressions else EXIT_OK
     headline = (f"{len(comparison.regressions)} regression(s), {len(comparison.improvements)} improvement(s)"
                 if comparison.regressions or comparison.improvements else "no change beyond the thresholds")
-    lines.append(f"### attnbench gate: {'FAIL' if code else 'OK'}: {headline}")
-    lines.append("")
-    lines.append(f"Baseline `{args.baseline}`{_run_label(baseline)} vs current `{args.current}`{_run_label(current)}.")
+    lines = [f"### attnbench gate: {'FAIL' if code else 'OK'}: {headline}", ""]
+    lines.append(f"Baseline {baseline.label} vs current {current.label}; timing {current.timing.describe()}.")
     lines.append(
         f"Rules: time {stat} more than {time_pct:g}% slower/faster and outside both runs' IQRs; memory more than "
-        f"{args.memory_pct:g}% larger/smaller; a cell OOM in one run only. "
+        f"{args.memory_pct:g}% larger/smaller; a cell measured in one run only (OOM, capture failed). "
         f"Compared {comparison.benchmarks_compared} benchmarks in {comparison.cells_compared} cells."
     )
     if mismatches:
         lines.append(f"WARNING: environments differ ({'; '.join(mismatches)}); compared anyway (--allow-env-mismatch).")
+    for role, run_ in (("baseline", baseline), ("current", current)):
+        if run_.plants:
+            lines.append(f"Note: the {role} run had planted regressions: `{run_.plants}`.")
     lines += _notes(comparison)
-    table = _table(comparison.regressions + comparison.improvements)
-    if table:
-        lines += [""] + table
+    findings = comparison.regressions + comparison.improvements
+    if findings:
+        lines += ["", _table(findings)]
     return code, "\n".join(lines) + "\n"
 
 
 def run(args) -> int:
     """Entry point of ``attnbench gate``."""
-    try:
-        code, report = judge(args)
-    except CannotJudge as exc:
-        code, report = EXIT_CANNOT_JUDGE, f"### attnbench gate: cannot judge\n\n{exc}\n"
-        print(f"attnbench gate: cannot judge: {exc}", file=sys.stderr)
-    else:
-        print(report, end="")
+    summary = None
     if args.summary is not None:
-        with open(args.summary, "a") as out:
-            out.write(report + "\n")
-    return code
+        try:
+            summary = open(args.summary, "a")  # opened first: a summary that cannot be written is no verdict
+        except OSError as exc:
+            print(f"attnbench gate: cannot write --summary {args.summary}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_OUTPUT_ERROR
+    try:
+        try:
+            code, report = judge(args)
+        except CannotJudge as exc:
+            code, report = EXIT_CANNOT_JUDGE, f"### attnbench gate: cannot judge\n\n{exc}\n"
+            print(f"attnbench gate: cannot judge: {exc}", file=sys.stderr)
+        else:
+            print(report, end="")
+        if summary is not None:
+            try:
+                summary.write(report + "\n")
+                summary.flush()
+            except OSError as exc:
+                print(f"attnbench gate: cannot write --summary {args.summary}: {exc.strerror or exc}",
+                      file=sys.stderr)
+                return EXIT_OUTPUT_ERROR
+        return code
+    finally:
+        if summary is not None:
+            try:
+                summary.close()
+            except OSError:
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,15 +184,6 @@ def main(argv: list[str] | None = None) -> int:
 # -- rendering
 
 
-def _run_label(run: dict) -> str:
-    parts = [(run.get("datetime") or "")[:19]]
-    commit = run.get("commit_info") or {}
-    if commit.get("id"):
-        parts.append(f"commit {commit['id'][:10]}{' (dirty)' if commit.get('dirty') else ''}")
-    parts = [p for p in parts if p]
-    return f" ({', '.join(parts)})" if parts else ""
-
-
 def _notes(comparison: Comparison) -> list[str]:
     notes = []
     if comparison.within_noise:
@@ -168,39 +192,24 @@ def _notes(comparison: Comparison) -> list[str]:
     for label, names in (("only in the baseline", comparison.only_in_baseline),
                          ("only in the current run", comparison.only_in_current)):
         if names:
-            shown = ", ".join(f"`{_short(n)}`" for n in names[:5]) + (", …" if len(names) > 5 else "")
+            shown = ", ".join(f"`{n}`" for n in names[:5]) + (", …" if len(names) > 5 else "")
             notes.append(f"{len(names)} benchmark(s) {label}, not compared: {shown}.")
     return notes
 
 
-def _table(findings: list[Finding]) -> list[str]:
-    if not findings:
-        return []
-    rows = ["| cell | metric | baseline | current | change | verdict | noise |", "|---|---|---|---|---|---|---|"]
+def _table(findings: list[Finding]) -> str:
+    rows = []
     for f in findings:
         change = f"{f.change_pct:+.1f}%" if f.change_pct is not None else "—"
-        rows.append(f"| `{_short(f.name)}` | {f.metric} | {_value(f.metric, f.baseline)} | "
-                    f"{_value(f.metric, f.current)} | {change} | **{f.verdict}** | {f.note or '—'} |")
-    return rows
-
-
-def _short(fullname: str) -> str:
-    """'benchmarks/test_forward.py::test_forward[naive-…]' -> 'test_forward[naive-…]'."""
-    return fullname.rsplit("::", 1)[-1]
+        rows.append([f"`{f.name}`", f.metric, _value(f.metric, f.baseline), _value(f.metric, f.current), change,
+                     f"**{f.verdict}**", f.note or "—"])
+    return render.table(["cell", "metric", "baseline", "current", "change", "verdict", "noise"], rows)
 
 
 def _value(metric: str, value) -> str:
     if not isinstance(value, (int, float)):
         return str(value)
-    if metric.endswith("time"):
-        for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-            if value >= scale:
-                return f"{value / scale:.4g} {unit}"
-        return f"{value / 1e-9:.4g} ns"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= scale:
-            return f"{value / scale:.4g} {unit}"
-    return f"{value} B"
+    return render.duration(value) if metric.endswith("time") else render.size(value)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass
 
 import torch
 
@@ -51,10 +52,15 @@ DEFAULT_CUDA_PRESET = "seed"
 DEFAULT_CPU_PRESET = "cpu-small"
 
 
-def cell_key(info: dict) -> str:
-    """``Cell.key`` from a cell's fields (a Cell as a dict, a saved record or a benchmark's extra_info)."""
-    mask = "causal" if info["causal"] else "full"
-    return f"{info['variant']}-s{info['seq_len']}-d{info['head_dim']}-b{info['batch']}-h{info['heads']}-{info['dtype']}-{mask}"
+#: the grid's axes: a cell's identity, and the plain-scalar parameters of every benchmark.
+AXES: tuple[str, ...] = ("variant", "seq_len", "head_dim", "batch", "heads", "dtype", "causal")
+
+
+def cell_key(params: dict) -> str:
+    """``Cell.key`` from a cell's axes (``Cell.params()``, a saved cell record or a benchmark's params)."""
+    mask = "causal" if params["causal"] else "full"
+    return (f"{params['variant']}-s{params['seq_len']}-d{params['head_dim']}-b{params['batch']}-h{params['heads']}"
+            f"-{params['dtype']}-{mask}")
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,8 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """Stable, human-readable id: the same cell has the same key in every run."""
-        return cell_key(self.as_dict())
+        """Stable, human-readable id (and pytest id): the same cell has the same key in every run."""
+        return cell_key(self.params())
 
     @property
     def group(self) -> str:
@@ -94,8 +100,13 @@ class Cell:
         """2.5× the forward: five matmuls against two (recomputation not counted)."""
         return 2.5 * self.forward_flops()
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def params(self) -> dict:
+        """The cell's axes as plain scalars, in ``AXES`` order (what pytest-benchmark saves as ``params``)."""
+        return {axis: getattr(self, axis) for axis in AXES}
+
+    def flops(self, pass_name: str) -> float:
+        """FLOPs of one ``forward`` or ``backward`` pass."""
+        return self.forward_flops() if pass_name == "forward" else self.backward_flops()
 
 
 # -- option parsers: small functions raising ArgumentTypeError that name the allowed values
@@ -197,8 +208,8 @@ def parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a memory size (expected e.g. 80GiB, 80GB, 81920MiB or bytes)"
         ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive memory size")
+    if not math.isfinite(value * factor) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite memory size (expected e.g. 80GiB)")
     return int(value * factor)
 
 
@@ -209,6 +220,42 @@ def parse_percent(text: str) -> float:
         value = float(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a percentage (expected e.g. 5 or 5%)") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite percentage (expected e.g. 5 or 5%)")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative (expected a percentage >= 0)")
     return value
+
+
+def expand(device: str, preset_name: str, *, variants: tuple[str, ...] | None = None,
+           seq_lens: tuple[int, ...] | None = None, head_dims: tuple[int, ...] | None = None,
+           batch: int | None = None, heads: int | None = None, dtypes: tuple[str, ...] | None = None,
+           causal: tuple[bool, ...] | None = None) -> tuple[list[Cell], dict[str, str]]:
+    """The cells of a preset with some axes overridden, and why variants were left out.
+
+    Without ``variants``, every registered variant that can run on ``device`` in the dtype is taken and
+    the others are left out with the reason; variants named explicitly are always kept (their benchmarks
+    then skip with the reason).
+    """
+    from attention_impls import VARIANTS
+
+    preset = PRESETS[preset_name]
+    cells, left_out = [], {}
+    for dtype in dtypes or preset.dtypes:
+        for is_causal in causal or preset.causal:
+            for seq_len in seq_lens or preset.seq_lens:
+                for head_dim in head_dims or preset.head_dims:
+                    for name in variants or tuple(VARIANTS):
+                        variant = VARIANTS[name]
+                        reason = variant.unavailable_reason(device, DTYPES[dtype]) or variant.check_head_dim(head_dim)
+                        if not reason and device == "cpu" and variant.cpu_interpreted:
+                            reason = "runs in an interpreter on CPU: too slow to time (ask for it with --attn-variants)"
+                        if reason and variants is None:
+                            left_out.setdefault(name, reason)
+                            continue
+                        cells.append(Cell(
+                            variant=name, seq_len=seq_len, head_dim=head_dim,
+                            batch=batch or preset.batch_for(seq_len), heads=heads or preset.heads_for(head_dim),
+                            dtype=dtype, causal=is_causal, device=device,
+                        ))
+    return cells, left_out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from datetime import datetime, timezone
 
@@ -28,24 +29,40 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
-def environment() -> dict:
-    """Versions and identity that must match for two runs to be compared."""
+def environment(device: str) -> dict:
+    """Versions and identity that must match for two runs to be compared; ``device`` is where the run
+    measured (a CPU run on a machine with a GPU records no GPU)."""
     env = {
+        "device": device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": _triton_version(),
         "python": platform.python_version(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
         "gpu_name": None,
         "driver": None,
     }
-    if torch.cuda.is_available():
+    if device == "cuda":
         env["gpu_name"] = torch.cuda.get_device_name()
         env["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
         env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
         sample = gpu_sample()
         env["driver"] = sample.get("driver")
     return env
+
+
+def available_host_memory_bytes() -> int | None:
+    """RAM a new allocation can get now (Linux MemAvailable, else free pages); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _nvml_handle(pynvml):

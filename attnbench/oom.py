@@ -1,4 +1,9 @@
-"""``attnbench oom``: the seed's OOM analysis for any card, from the memory model."""
+"""``attnbench oom``: the seed's OOM analysis for any card, from the memory model.
+
+Answers only for the variants that can run on a CUDA GPU at the head_dim and dtype asked for (the
+registry's metadata says which); the others are listed with the reason, and when none can run the
+command exits 2.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from attention_impls import VARIANTS
 
 from .grid import DTYPES, parse_bytes, parse_dtypes, parse_positive_int, parse_variants
 from .memory_model import predict
+from .render import gb, gib, table
+from .variants import cannot_run_reason
 
 #: the seed's claim: naive attention at this seq_len does not fit on an 80 GB card.
 SEED_CLAIM_SEQ_LEN = 32768
@@ -43,7 +50,24 @@ def _largest_power_of_two_at_most(n: int) -> int:
     return 1 << (n.bit_length() - 1) if n > 0 else 0
 
 
-def analyse(memory_bytes: int, *, batch: int, heads: int, head_dim: int, dtype: str, variants) -> str:
+def split_runnable(variants, *, head_dim: int, dtype: str) -> tuple[list[str], dict[str, str]]:
+    """The variants that can run on a CUDA GPU at this head_dim and dtype, and why each of the others cannot.
+
+    "Can run" is what the registry says the variant supports, whether or not this machine has a GPU.
+    """
+    runnable, refused = [], {}
+    for name in variants:
+        reason = cannot_run_reason(VARIANTS[name], "cuda", DTYPES[dtype], head_dim)
+        if reason is None:
+            runnable.append(name)
+        else:
+            refused[name] = reason
+    return runnable, refused
+
+
+def analyse(memory_bytes: int, *, batch: int, heads: int, head_dim: int, dtype: str, variants,
+            refused: dict[str, str] | None = None) -> str:
+    """The markdown answer: a row per variant in ``variants``, then those ``refused`` with their reasons."""
     shape = dict(batch=batch, heads=heads, head_dim=head_dim, dtype=DTYPES[dtype])
     rows = []
     for name in variants:
@@ -51,24 +75,27 @@ def analyse(memory_bytes: int, *, batch: int, heads: int, head_dim: int, dtype: 
         pow2 = _largest_power_of_two_at_most(largest)
         at_next = predict(name, seq_len=max(pow2, 1) * 2, **shape)
         largest_text = f"≥ {largest}" if largest >= MAX_SEARCH_SEQ_LEN else str(largest)
-        rows.append(f"| {name} | {largest_text} | {pow2} | {at_next.peak_bytes / 2**30:.1f} | "
-                    f"{'backward' if at_next.peak_backward_bytes > at_next.before_backward_bytes else 'forward'} |")
+        limited_by = "backward" if at_next.peak_backward_bytes > at_next.before_backward_bytes else "forward"
+        rows.append([name, largest_text, pow2, gib(at_next.peak_bytes), limited_by])
     lines = [
-        f"# Largest seq_len that fits in {memory_bytes / 2**30:.1f} GiB "
+        f"# Largest seq_len that fits in {gib(memory_bytes)} GiB "
         f"(batch {batch}, heads {heads}, head_dim {head_dim}, {dtype}; memory model)",
         "",
-        "| variant | largest seq_len (step 256) | largest power of two | GiB needed at twice that | limited by |",
-        "|---|---|---|---|---|",
-        *rows,
+        table(["variant", f"largest seq_len (step {SEQ_STEP})", "largest power of two", "GiB needed at twice that",
+               "limited by"], rows),
         "",
     ]
+    if refused:
+        lines += [f"Not in the table: they cannot run on a CUDA GPU at head_dim {head_dim}, {dtype}:", ""]
+        lines += [f"- `{name}`: {reason}" for name, reason in refused.items()]
+        lines += [""]
     naive = predict("naive", seq_len=SEED_CLAIM_SEQ_LEN, **shape)
     fits_before = naive.before_backward_bytes <= SEED_CLAIM_MEMORY
     fits_peak = naive.peak_bytes <= SEED_CLAIM_MEMORY
     lines += [
         f"Seed's claim: naive attention at seq_len {SEED_CLAIM_SEQ_LEN} does not fit on an 80 GB card "
-        f"(it estimated ~100 GB). Model: {naive.before_backward_bytes / 1e9:.1f} GB before backward "
-        f"({'fits' if fits_before else 'does not fit'}), {naive.peak_bytes / 1e9:.1f} GB at the backward peak "
+        f"(it estimated ~100 GB). Model: {gb(naive.before_backward_bytes)} GB before backward "
+        f"({'fits' if fits_before else 'does not fit'}), {gb(naive.peak_bytes)} GB at the backward peak "
         f"({'fits' if fits_peak else 'does not fit'}): the claim "
         f"{'holds' if not fits_peak else 'does not hold'} at these settings.",
         "",
@@ -76,28 +103,48 @@ def analyse(memory_bytes: int, *, batch: int, heads: int, head_dim: int, dtype: 
     return "\n".join(lines)
 
 
+def parse_memory(text: str) -> int:
+    """A finite, positive memory size: '80GiB', '80GB', '81920MiB' or a plain number of bytes."""
+    try:
+        return parse_bytes(text)
+    except (OverflowError, ValueError):  # inf, nan or past float's range: int() of them fails
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a finite memory size (expected e.g. 80GiB, 80GB, 81920MiB or bytes)"
+        ) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--memory", type=parse_bytes, metavar="SIZE",
+    parser.add_argument("--memory", type=parse_memory, metavar="SIZE",
                         help="device memory to fit in, e.g. 80GiB or 80GB (default: free memory of the current GPU)")
     parser.add_argument("--batch", type=parse_positive_int, default=8, help="batch size (default: 8)")
     parser.add_argument("--heads", type=parse_positive_int, default=1, help="heads (default: 1)")
     parser.add_argument("--head-dim", type=parse_positive_int, default=16, help="head_dim (default: 16)")
-    parser.add_argument("--dtype", type=parse_dtypes, default=("fp32",), help="fp16, bf16, fp32 or fp64 (default: fp32)")
+    parser.add_argument("--dtype", type=parse_dtypes, default=("fp32",),
+                        help="fp16, bf16, fp32 or fp64 (default: fp32)")
     parser.add_argument("--variants", type=parse_variants, default=tuple(VARIANTS), metavar="NAMES",
-                        help="comma-separated variants or all (default: all)")
+                        help="comma-separated variants or all (default: all); those that cannot run on a CUDA GPU "
+                             "at --head-dim and --dtype are listed below the table with the reason")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if len(args.dtype) != 1:
+        print("attnbench oom: --dtype takes one dtype", file=sys.stderr)
+        return 2
+    dtype = args.dtype[0]
+    runnable, refused = split_runnable(args.variants, head_dim=args.head_dim, dtype=dtype)
+    if not runnable:
+        print(f"attnbench oom: none of the requested variants can run on a CUDA GPU at head_dim {args.head_dim}, "
+              f"{dtype}:", file=sys.stderr)
+        for name, reason in refused.items():
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 2
     memory = args.memory
     if memory is None:
         if not torch.cuda.is_available():
             print("attnbench oom: no CUDA GPU here; pass --memory (e.g. --memory 80GiB)", file=sys.stderr)
             return 2
         memory = torch.cuda.mem_get_info()[0]
-    if len(args.dtype) != 1:
-        print("attnbench oom: --dtype takes one dtype", file=sys.stderr)
-        return 2
-    sys.stdout.write(analyse(memory, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
-                             dtype=args.dtype[0], variants=args.variants))
+    sys.stdout.write(analyse(memory, batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=dtype,
+                             variants=runnable, refused=refused))
     return 0

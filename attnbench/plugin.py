@@ -1,188 +1,132 @@
-"""The attnbench pytest plugin: ``--attn-*`` options, the grid, fixtures, machine info, JSON and memory gate."""
+"""The attnbench pytest plugin: hooks only. Options live in ``options``, the grid in ``grid``, measuring in
+``runner``, the saved-run format in ``record``, safe saving in ``storage``."""
 
 from __future__ import annotations
 
-import argparse
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
 
-from .grid import (
-    DEFAULT_CPU_PRESET,
-    DEFAULT_CUDA_PRESET,
-    DTYPES,
-    PRESETS,
-    Cell,
-    parse_causal,
-    parse_device,
-    parse_dtypes,
-    parse_percent,
-    parse_positive_int,
-    parse_positive_ints,
-    parse_preset,
-    parse_variants,
-)
-from .runner import (
-    DEFAULT_MAX_TIME_S,
-    DEFAULT_MIN_ROUNDS,
-    CellRunner,
-    plants_from_env,
-)
-
-JSON_SCHEMA_VERSION = 1
-
-
-def _parse_seconds(text: str) -> float:
-    """A positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (e.g. 0.3)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
-
-
-# (name, parser, metavar, help). Each is a CLI option --attn-NAME and an ini key attn_NAME.
-_OPTIONS = [
-    ("preset", parse_preset, "NAME",
-     f"named grid: {', '.join(PRESETS)} (default: {DEFAULT_CUDA_PRESET} on CUDA, {DEFAULT_CPU_PRESET} on CPU)"),
-    ("device", parse_device, "DEVICE", "where to run: auto, cuda or cpu (default: auto = cuda when available)"),
-    ("variants", parse_variants, "NAMES",
-     "comma-separated variants, or all (default: every variant available on the device and dtype)"),
-    ("seq-lens", parse_positive_ints, "N,N", "sequence lengths (default: the preset's)"),
-    ("head-dims", parse_positive_ints, "D,D", "head dimensions (default: the preset's)"),
-    ("batch", parse_positive_int, "B", "batch size (default: the preset's)"),
-    ("heads", parse_positive_int, "H", "number of heads (default: the preset's)"),
-    ("dtypes", parse_dtypes, "DT,DT", f"dtypes among {', '.join(DTYPES)} (default: the preset's)"),
-    ("causal", parse_causal, "BOOL,BOOL", "false, true or false,true (default: the preset's)"),
-    ("max-time", _parse_seconds, "SECONDS",
-     f"time budget per benchmark; rounds = budget / one call's time, clamped (default: {DEFAULT_MAX_TIME_S})"),
-    ("min-rounds", parse_positive_int, "N", f"fewest timed rounds per benchmark (default: {DEFAULT_MIN_ROUNDS})"),
-    ("memory-compare-fail", parse_percent, "PCT",
-     "fail when a cell's saved bytes, memory before backward or peak grows by more than PCT%% against "
-     "--benchmark-compare's run (default: off)"),
-]
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    """Register the ``--attn-*`` options and their ini twins."""
-    group = parser.getgroup("attnbench", "attnbench: attention benchmark grid")
-    for name, parse, metavar, help_text in _OPTIONS:
-        dest = "attn_" + name.replace("-", "_")
-        group.addoption(f"--attn-{name}", dest=dest, type=parse, metavar=metavar, default=None, help=help_text)
-        parser.addini(dest, help=help_text.replace("%%", "%"), type="string", default="")
-    group.addoption(
-        "--attn-timing-check",
-        dest="attn_timing_check",
-        action="store_true",
-        default=False,
-        help="also time every CUDA benchmark with plain CUDA events and save it as extra_info.event_median_s",
-    )
-
-
-def _resolve(config: pytest.Config, name: str, parse):
-    dest = "attn_" + name.replace("-", "_")
-    value = config.getoption(dest)
-    if value is not None:
-        return value
-    raw = config.getini(dest)
-    if not raw:
-        return None
-    try:
-        return parse(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise pytest.UsageError(f"ini option {dest} = {raw!r}: {exc}") from None
+from . import options
+from .grid import AXES, DEFAULT_CPU_PRESET, DEFAULT_CUDA_PRESET, Cell, expand
+from .record import CellRecord, Run, RunError, Timing, load, machine_section, parse, run_section
+from .runner import CellRunner
+from .timing import DeviceClock
 
 
 @dataclass
 class AttnSession:
-    """The run's grid and what has been learned about each cell."""
+    """The run's grid, how it is timed, and what has been learned about each cell."""
 
     device: str
     preset: str
     cells: list[Cell]
     left_out: dict[str, str]
-    explicit_variants: bool
-    max_time_s: float
-    min_rounds: int
+    timing: Timing
     timing_check: bool
     memory_compare_fail: float | None
     plants: dict
+    max_time_s: float = 0.0
+    min_rounds: int = 1
+    clock: DeviceClock | None = None
     runners: dict[str, CellRunner] = field(default_factory=dict)
+    records: dict[str, CellRecord] = field(default_factory=dict)  # every cell's record, in the order run
+    planned: list[str] = field(default_factory=list)  # keys of the cells the selected benchmarks cover
     gpu_start: dict | None = None
+    exit_status: int = 0
+    stop_reason: str = ""
+    saved_path: Path | None = None
+    storage_lock: object = None
     memory_findings: list = field(default_factory=list)
 
     def runner(self, cell: Cell) -> CellRunner:
         if cell.key not in self.runners:
-            self.runners[cell.key] = CellRunner(
-                cell, max_time_s=self.max_time_s, min_rounds=self.min_rounds,
-                timing_check=self.timing_check, plants=self.plants,
+            runner = self.runners[cell.key] = CellRunner(
+                cell, max_time_s=self.max_time_s, min_rounds=self.min_rounds, timing=self.timing,
+                timing_check=self.timing_check, clock=self.clock, plant=self.plants.get(cell.variant),
             )
+            self.records[cell.key] = runner.record
         return self.runners[cell.key]
+
+    def finish_records(self) -> None:
+        """Cells planned but never reached get a pending record; a run with any is incomplete."""
+        by_key = {c.key: c for c in self.cells}
+        for key in self.planned:
+            self.records.setdefault(key, CellRecord(by_key[key]))
+        pending = [key for key, rec in self.records.items() if rec.status == "pending"]
+        if pending and not self.stop_reason:
+            self.stop_reason = f"{len(pending)} of {len(self.records)} cells never finished"
+
+    @property
+    def complete(self) -> bool:
+        return not self.stop_reason
 
 
 _SESSION = pytest.StashKey[AttnSession]()
 
 
-def _build_session(config: pytest.Config) -> AttnSession:
-    from attention_impls import VARIANTS
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``--attn-*`` options and their ini twins."""
+    options.add_options(parser)
 
-    opts = {name: _resolve(config, name, parse) for name, parse, _, _ in _OPTIONS}
+
+def _build_session(config: pytest.Config) -> AttnSession:
+    opts = options.resolve(config)
     device = opts["device"] or "auto"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--attn-device cuda: no CUDA device is available (use auto or cpu)")
-    preset_name = opts["preset"] or (DEFAULT_CUDA_PRESET if device == "cuda" else DEFAULT_CPU_PRESET)
-    preset = PRESETS[preset_name]
-    seq_lens = opts["seq-lens"] or preset.seq_lens
-    head_dims = opts["head-dims"] or preset.head_dims
-    dtypes = opts["dtypes"] or preset.dtypes
-    causals = opts["causal"] or preset.causal
-    explicit = opts["variants"] is not None
-    variants = opts["variants"] or tuple(VARIANTS)
-
-    cells, left_out = [], {}
-    for dtype in dtypes:
-        for causal in causals:
-            for seq_len in seq_lens:
-                for head_dim in head_dims:
-                    for name in variants:
-                        variant = VARIANTS[name]
-                        reason = variant.unavailable_reason(device, DTYPES[dtype]) or variant.check_head_dim(head_dim)
-                        if not reason and device == "cpu" and variant.cpu_interpreted:
-                            reason = "runs in an interpreter on CPU: too slow to time (ask for it with --attn-variants)"
-                        if reason and not explicit:
-                            left_out.setdefault(name, reason)
-                            continue
-                        cells.append(Cell(
-                            variant=name, seq_len=seq_len, head_dim=head_dim,
-                            batch=opts["batch"] or preset.batch_for(seq_len),
-                            heads=opts["heads"] or preset.heads_for(head_dim),
-                            dtype=dtype, causal=causal, device=device,
-                        ))
+    preset = opts["preset"] or (DEFAULT_CUDA_PRESET if device == "cuda" else DEFAULT_CPU_PRESET)
+    timing = Timing(opts["timing"] or options.DEFAULT_TIMING, opts["flush-l2"])
+    if device == "cpu" and timing.mode == "cudagraph":
+        raise pytest.UsageError("--attn-timing cudagraph needs CUDA (on CPU use device or wall)")
+    if device == "cpu" and timing.flush_l2:
+        raise pytest.UsageError("--attn-flush-l2 flushes a GPU's L2 cache and needs CUDA")
+    cells, left_out = expand(
+        device, preset, variants=opts["variants"], seq_lens=opts["seq-lens"], head_dims=opts["head-dims"],
+        batch=opts["batch"], heads=opts["heads"], dtypes=opts["dtypes"], causal=opts["causal"],
+    )
     return AttnSession(
-        device=device, preset=preset_name, cells=cells, left_out=left_out, explicit_variants=explicit,
-        max_time_s=opts["max-time"] or DEFAULT_MAX_TIME_S, min_rounds=opts["min-rounds"] or DEFAULT_MIN_ROUNDS,
-        timing_check=config.getoption("attn_timing_check"), memory_compare_fail=opts["memory-compare-fail"],
-        plants=_plants(),
+        device=device, preset=preset, cells=cells, left_out=left_out, timing=timing,
+        timing_check=opts["timing-check"], memory_compare_fail=opts["memory-compare-fail"], plants=_plants(),
+        clock=DeviceClock() if device == "cuda" and timing.mode != "wall" else None,
     )
 
 
 def _plants() -> dict:
+    """Planted regressions from ATTNBENCH_PLANT; the plants module is imported only when it is set."""
+    import os
+
+    text = os.environ.get("ATTNBENCH_PLANT")
+    if not text:
+        return {}
+    from .plants import parse_plants
+
     try:
-        return plants_from_env()
+        return parse_plants(text)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _round_options(config: pytest.Config) -> tuple[float, int]:
+    """pytest-benchmark's --benchmark-max-time and --benchmark-min-rounds, checked."""
+    max_time = float(config.getoption("benchmark_max_time", 1.0))
+    min_rounds = int(config.getoption("benchmark_min_rounds", 5))
+    if not math.isfinite(max_time) or max_time <= 0:
+        raise pytest.UsageError(f"--benchmark-max-time {max_time}: expected a positive, finite number of seconds")
+    return max_time, min_rounds
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Resolve the grid from options, ini and preset; fail early with a usage error."""
-    config.stash[_SESSION] = _build_session(config)
-    if config.stash[_SESSION].memory_compare_fail is not None and not config.getoption("benchmark_compare", None):
+    session = config.stash[_SESSION] = _build_session(config)
+    session.max_time_s, session.min_rounds = _round_options(config)
+    if session.memory_compare_fail is not None and not config.getoption("benchmark_compare", None):
         raise pytest.UsageError("--attn-memory-compare-fail requires --benchmark-compare (the run to compare with)")
 
 
@@ -194,15 +138,16 @@ def attn_session(config: pytest.Config) -> AttnSession:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """One line for the grid, one per variant left out and why."""
     s = attn_session(config)
-    lines = [f"attnbench: device={s.device} preset={s.preset} cells={len(s.cells)}"]
+    lines = [f"attnbench: device={s.device} preset={s.preset} cells={len(s.cells)} timing={s.timing.describe()} "
+             f"max_time={s.max_time_s:g}s min_rounds={s.min_rounds}"]
     lines += [f"attnbench: left out {name}: {reason}" for name, reason in s.left_out.items()]
     if s.plants:
-        lines.append(f"attnbench: PLANTED REGRESSIONS ACTIVE: {s.plants}")
+        lines.append(f"attnbench: PLANTED REGRESSIONS ACTIVE: { {k: p.as_dict() for k, p in s.plants.items()} }")
     return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parameterize every test that asks for ``attn_cell`` (or ``attn_runner``) over the grid."""
+    """Parameterize every test that asks for ``attn_cell`` over the grid, one plain parameter per axis."""
     if "attn_cell" not in metafunc.fixturenames:
         return
     from attention_impls import VARIANTS
@@ -213,37 +158,81 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         variant = VARIANTS[cell.variant]
         reason = variant.unavailable_reason(cell.device, cell.torch_dtype) or variant.check_head_dim(cell.head_dim)
         marks = [pytest.mark.skip(reason=f"{cell.variant} unavailable: {reason}")] if reason else []
-        params.append(pytest.param(cell, id=cell.key, marks=marks))
-    metafunc.parametrize("attn_cell", params)
+        params.append(pytest.param(*cell.params().values(), id=cell.key, marks=marks))
+    metafunc.parametrize(AXES, params)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Give every CUDA benchmark the CUDA-event clock and its variant-comparison group."""
-    from .timing import cuda_event_clock
-
+    """Give every benchmark its variant-comparison group, and the run's device clock where it has one."""
+    s = attn_session(config)
     for item in items:
-        cell = getattr(getattr(item, "callspec", None), "params", {}).get("attn_cell")
+        cell = _cell_of(item, s.device)
         if cell is None:
             continue
-        options = {"group": cell.group}
-        if cell.device == "cuda":
-            options["timer"] = cuda_event_clock
-        item.add_marker(pytest.mark.benchmark(**options))
+        marker = {"group": cell.group}
+        if s.clock is not None:
+            marker["timer"] = s.clock
+        item.add_marker(pytest.mark.benchmark(**marker))
+
+
+def _cell_of(item: pytest.Item, device: str) -> Cell | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "attn_cell" not in getattr(item, "fixturenames", ()) or not all(a in params for a in AXES):
+        return None
+    return Cell(device=device, **{a: params[a] for a in AXES})
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember which cells the selected benchmarks cover: a run that stops before them is incomplete."""
+    s = attn_session(session.config)
+    s.planned = list(dict.fromkeys(c.key for c in (_cell_of(i, s.device) for i in session.items) if c))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Sample the GPU's state before anything runs."""
-    s = attn_session(session.config)
+    """Take the storage's lock when saving into it, save atomically, and sample the GPU before anything runs."""
+    config = session.config
+    s = attn_session(config)
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is not None and not bs.disabled:
+        _guard_saving(bs, s)
     if s.device == "cuda":
         from .machine import gpu_sample
 
         s.gpu_start = gpu_sample()
 
 
+def _guard_saving(bs, s: AttnSession) -> None:
+    """One run at a time per storage; runs written atomically, incomplete ones set apart (``storage``)."""
+    from pytest_benchmark.storage.file import FileStorage
+
+    from .storage import AtomicJsonFile, StorageBusy, StorageLock, save_numbered
+
+    if bs.json:  # --benchmark-json's file, opened by the option parser: write it in one step instead
+        path = bs.json.name
+        bs.json.close()
+        bs.json = AtomicJsonFile(path)
+    if not (bs.save or bs.autosave) or not isinstance(bs.storage, FileStorage):
+        return
+    try:
+        s.storage_lock = StorageLock(bs.storage.path)
+    except StorageBusy as exc:
+        raise pytest.UsageError(str(exc)) from None
+    storage = bs.storage
+
+    def save(output_json: dict, name: str) -> None:
+        complete = output_json.get("attnbench", {}).get("complete", True)
+        directory = storage.path / storage.default_machine_id if storage.default_machine_id else storage.path
+        s.saved_path = save_numbered(directory, name, output_json, complete=complete)
+        storage.logger.info(f"Saved benchmark data in: {s.saved_path}")
+
+    storage.save = save
+
+
 @pytest.fixture
-def attn_cell(request) -> Cell:
-    """The grid cell of this benchmark (parameterized by the plugin)."""
-    return request.param
+def attn_cell(request, variant, seq_len, head_dim, batch, heads, dtype, causal) -> Cell:
+    """The grid cell of this benchmark (its axes are the benchmark's parameters)."""
+    return Cell(variant=variant, seq_len=seq_len, head_dim=head_dim, batch=batch, heads=heads, dtype=dtype,
+                causal=causal, device=attn_session(request.config).device)
 
 
 @pytest.fixture
@@ -255,16 +244,17 @@ def attn_runner(request, attn_cell: Cell) -> CellRunner:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    """Add versions, GPU identity and GPU state at the start and end of the run."""
+    """Add versions, the device measured, its identity and its state at the start and end of the run."""
     from .machine import environment, flags, gpu_sample
 
     s = attn_session(config)
-    info = {"env": environment()}
     if s.device == "cuda":
         start = s.gpu_start or gpu_sample()
         end = gpu_sample()
-        info.update(gpu_start=start, gpu_end=end, flags=flags(start, end))
-    machine_info["attnbench"] = info
+        machine_info["attnbench"] = machine_section(environment("cuda"), gpu_start=start, gpu_end=end,
+                                                    flags=flags(start, end))
+    else:
+        machine_info["attnbench"] = machine_section(environment("cpu"))
 
 
 #: machine_info["attnbench"] keys that are samples of the GPU's state, different in every run by design
@@ -273,13 +263,23 @@ _SAMPLE_KEYS = ("gpu_start", "gpu_end", "flags")
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
-    """Let ``--benchmark-compare`` judge the environment, not the GPU's clocks and temperature.
+    """Refuse to compare with a run that cannot be trusted; judge the environment, not the GPU's state.
 
     pytest-benchmark warns when the compared run's machine_info differs in any way (and crashes while
     warning when the storage lies outside the working directory). The GPU samples differ in every
     run, so the built-in check sees them only with the samples set aside; versions and the GPU's
     identity still count.
     """
+    try:
+        compared = parse(compared_benchmark, role="the --benchmark-compare run")
+    except RunError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if not compared.complete:
+        raise pytest.UsageError(f"--benchmark-compare: the run to compare with is incomplete ({compared.stop_reason});"
+                                " compare with a complete run")
+    if compared.timing != attn_session(config).timing:
+        raise pytest.UsageError(f"--benchmark-compare: that run was timed with {compared.timing.describe()}, this run "
+                                f"with {attn_session(config).timing.describe()}; their times do not compare")
     set_aside = []
     for info in (machine_info, (compared_benchmark or {}).get("machine_info") or {}):
         ours = info.get("attnbench")
@@ -293,54 +293,68 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
 
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
-    """Save every cell's record, OOM cells included, under ``attnbench``."""
+    """Save the run's facts and every cell's record, OOM and unfinished cells included, under ``attnbench``."""
     s = attn_session(config)
-    output_json["attnbench"] = {
-        "schema_version": JSON_SCHEMA_VERSION,
-        "preset": s.preset,
-        "device": s.device,
-        "plants": s.plants,
-        "cells": [r.record.as_dict() for r in s.runners.values()],
-    }
+    s.finish_records()
+    output_json["attnbench"] = run_section(
+        preset=s.preset, timing=s.timing, plants={k: p.as_dict() for k, p in s.plants.items()},
+        complete=s.complete, stop_reason=s.stop_reason, cells=list(s.records.values()),
+    )
+
+
+_STOPS = {
+    pytest.ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    pytest.ExitCode.INTERNAL_ERROR: "stopped by an internal error",
+}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Apply --attn-memory-compare-fail against pytest-benchmark's compared run."""
+    """Note how the run ended (before pytest-benchmark saves it); apply --attn-memory-compare-fail."""
     s = attn_session(session.config)
+    s.exit_status = exitstatus
+    if exitstatus in _STOPS:
+        s.stop_reason = _STOPS[exitstatus]
+    elif session.shouldstop or session.shouldfail:
+        s.stop_reason = f"stopped early: {session.shouldstop or session.shouldfail}"
     if s.memory_compare_fail is None:
         return
-    from .compare import compare_memory, oom_changes
+    from .compare import compare_runs
 
     bs = session.config._benchmarksession
-    baseline = {}
-    for mapping in (bs.compared_mapping or {}).values():
-        baseline.update(mapping)
-    current = {b.fullname: b for b in bs.benchmarks if not b.has_error}
-    current_entries = {name: {"extra_info": b.extra_info} for name, b in current.items()}
-    findings = compare_memory(baseline, current_entries, threshold_pct=s.memory_compare_fail)
-    findings += oom_changes(
-        {k: v for k, v in baseline.items()},
-        current_entries,
-        {r.cell.key: r.record.status for r in s.runners.values()},
-    )
-    s.memory_findings = [f for f in findings if f.regression]
+    current = _current_run(s)
+    for path in bs.compared_mapping or {}:
+        baseline = load(path, "the --benchmark-compare run")
+        comparison = compare_runs(baseline, current, time_pct=None, memory_pct=s.memory_compare_fail)
+        s.memory_findings += comparison.regressions
     if s.memory_findings and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _current_run(s: AttnSession) -> Run:
+    """This run's cells as a :class:`Run`, for comparing before anything is saved."""
+    return Run(path=None, schema_version=0, preset=s.preset, device=s.device, timing=s.timing, plants={},
+               complete=True, stop_reason="", env={"device": s.device}, machine={},
+               cells={k: r for k, r in s.records.items() if r.status != "pending"}, commit={}, datetime="", cpu_brand="")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """OOM cells, untrustworthy-GPU flags and memory regressions, where the user will read them."""
+    """OOM and unmeasured cells, an incomplete run, untrustworthy-GPU flags and memory regressions."""
     s = attn_session(config)
-    records = [r.record for r in s.runners.values()]
-    ooms = [r for r in records if r.status.startswith("oom")]
-    if not records:
+    records = list(s.records.values())
+    if not records and not s.planned:
         return
     tr = terminalreporter
     tr.section("attnbench")
-    tr.write_line(f"{sum(r.status == 'ok' for r in records)} cells measured, {len(ooms)} OOM")
-    for r in ooms:
-        tr.write_line(f"  {r.status}: {r.cell.key}: {r.message}")
+    not_ok = [r for r in records if r.status not in ("ok", "pending")]
+    tr.write_line(f"{sum(r.status == 'ok' for r in records)} cells measured, "
+                  f"{sum(r.is_oom for r in records)} OOM, timing {s.timing.describe()}")
+    for r in not_ok:
+        tr.write_line(f"  {r.status}: {r.key}: {r.message}")
+    if not s.complete:
+        where = f"; saved apart as {s.saved_path}" if s.saved_path else ""
+        tr.write_line(f"INCOMPLETE RUN: {s.stop_reason}{where}. It is marked incomplete: the gate, the report and "
+                      "--benchmark-compare will not take it for a whole run.", red=True, bold=True)
     if s.device == "cuda" and s.gpu_start is not None:
         from .machine import flags, gpu_sample
 
@@ -350,3 +364,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         tr.write_line(f"Memory has regressed (threshold {s.memory_compare_fail}%):", red=True, bold=True)
         for f in s.memory_findings:
             tr.write_line(f"  {f.describe()}", red=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Release the storage's lock."""
+    s = config.stash.get(_SESSION, None)
+    if s is not None and s.storage_lock is not None:
+        s.storage_lock.release()

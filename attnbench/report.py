@@ -1,4 +1,8 @@
-"""``attnbench report``: the seed's tables, a variant comparison and scaling fits, from a saved run."""
+"""``attnbench report``: the seed's tables, a variant comparison and scaling fits, from a saved run.
+
+Exit codes: 0 written; 2 the run cannot be read or trusted (or holds no cells); 3 the markdown or the
+plots could not be written.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from .results import DEFAULT_STORAGE, CellResult, Run, RunError, load_run, newest_run
+from . import render
+from .record import DEFAULT_STORAGE, CellRecord, Run, RunError, load, newest_run
 
 MIB = 2**20
 #: n×n tensors kept for backward as the seed write-up claims them (its "Memory Comparison" table).
@@ -20,89 +25,91 @@ MODEL_CHECK_MIN_BYTES = 100 * MIB
 TIMING_CHECK_MIN_S = 1e-4
 #: scaling exponents are fitted on this many of the largest sequence lengths.
 SCALING_FIT_POINTS = 3
+#: a pass is launch-bound when its device time is below this fraction of one synchronized call's wall time.
+LAUNCH_BOUND_RATIO = 0.8
+LAUNCH_BOUND_MARK = "†"
+EXIT_OK, EXIT_CANNOT_READ, EXIT_OUTPUT_ERROR = 0, 2, 3
 
 
-def _fmt_ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    ms = seconds * 1e3
-    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
-
-
-def _fmt_mib(nbytes: float | None) -> str:
-    return "–" if nbytes is None else f"{nbytes / MIB:.1f}"
-
-
-def _cell_text(cell: CellResult | None, value: str) -> str:
+def _status_text(cell: CellRecord | None, value: str) -> str:
     if cell is None:
-        return "–"
-    if cell.status == "oom-predicted":
-        return "OOM (pred.)"
-    if cell.status == "oom-measured":
-        return "OOM"
-    return value
+        return render.MISSING
+    return {"oom-predicted": "OOM (pred.)", "oom-measured": "OOM", "capture-failed": "no graph",
+            "pending": "not run"}.get(cell.status, value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
+def launch_bound(run: Run, cell: CellRecord, pass_name: str) -> bool:
+    """Device time well under what one synchronized call takes on the host clock (device timing only)."""
+    result = cell.passes.get(pass_name)
+    if result is None or run.timing.mode != "device" or run.device != "cuda":
+        return False
+    wall = result.checks.get("warmup_wall_s")
+    return bool(wall) and result.median_s < LAUNCH_BOUND_RATIO * wall
 
 
-def _groups(run: Run) -> dict[tuple, list[CellResult]]:
+def _time(run: Run, cell: CellRecord, pass_name: str) -> str:
+    text = render.ms(cell.median_s(pass_name))
+    return text + LAUNCH_BOUND_MARK if launch_bound(run, cell, pass_name) else text
+
+
+def _groups(run: Run) -> dict[tuple, list[CellRecord]]:
     """Cells by (variant, dtype, causal), in the run's order."""
-    groups: dict[tuple, list[CellResult]] = defaultdict(list)
+    groups: dict[tuple, list[CellRecord]] = defaultdict(list)
     for cell in run.cells.values():
-        groups[(cell.info["variant"], cell.info["dtype"], cell.info["causal"])].append(cell)
+        groups[(cell.cell.variant, cell.cell.dtype, cell.cell.causal)].append(cell)
     return groups
 
 
-def _memory_before_backward(cell: CellResult) -> float | None:
-    return cell.extra("mem_before_backward_bytes")
+def _memory(cell: CellRecord) -> int | None:
+    """Memory before backward on CUDA, the census's saved bytes on CPU."""
+    return cell.memory.get("mem_before_backward_bytes", cell.memory.get("saved_bytes"))
 
 
 def seed_tables(run: Run) -> list[str]:
     """Per variant/dtype/mask: forward ms, backward ms and memory before backward (rows seq_len, cols head_dim)."""
     lines: list[str] = []
-    on_cuda = any(_memory_before_backward(c) is not None for c in run.cells.values())
-    memory_title = "Memory before backward (MiB)" if on_cuda else "Saved for backward, census (MiB)"
+    memory_title = "Memory before backward (MiB)" if run.device == "cuda" else "Saved for backward, census (MiB)"
     for (variant, dtype, causal), cells in _groups(run).items():
-        seq_lens = sorted({c.info["seq_len"] for c in cells})
-        head_dims = sorted({c.info["head_dim"] for c in cells})
-        by_shape = {(c.info["seq_len"], c.info["head_dim"]): c for c in cells}
-        shapes = sorted({(c.info["batch"], c.info["heads"]) for c in cells})
+        seq_lens = sorted({c.cell.seq_len for c in cells})
+        head_dims = sorted({c.cell.head_dim for c in cells})
+        by_shape = {(c.cell.seq_len, c.cell.head_dim): c for c in cells}
+        shapes = sorted({(c.cell.batch, c.cell.heads) for c in cells})
         shape_note = ", ".join(f"batch {b} × heads {h}" for b, h in shapes)
         lines += [f"### {variant} · {dtype} · {'causal' if causal else 'non-causal'} ({shape_note})", ""]
         for title, value in (
-            ("Forward (ms)", lambda c: _fmt_ms(c.median_s("forward"))),
-            ("Backward (ms)", lambda c: _fmt_ms(c.median_s("backward"))),
-            (memory_title, lambda c: _fmt_mib(_memory_before_backward(c) if on_cuda else c.extra("saved_bytes"))),
+            ("Forward (ms)", lambda c: _time(run, c, "forward")),
+            ("Backward (ms)", lambda c: _time(run, c, "backward")),
+            (memory_title, lambda c: render.mib(_memory(c))),
         ):
             rows = []
             for s in seq_lens:
                 row = [str(s)]
                 for d in head_dims:
                     cell = by_shape.get((s, d))
-                    row.append(_cell_text(cell, value(cell) if cell is not None else ""))
+                    row.append(_status_text(cell, value(cell) if cell is not None else ""))
                 rows.append(row)
-            lines += [f"**{title}**", ""] + _table(["seq_len \\ head_dim"] + [str(d) for d in head_dims], rows) + [""]
+            lines += [f"**{title}**", "", render.table(["seq_len \\ head_dim"] + [str(d) for d in head_dims], rows),
+                      ""]
     return lines
 
 
 def _largest_common_cell(run: Run) -> tuple | None:
     """The largest (seq_len, head_dim, batch, heads, dtype, causal) at which every variant present was measured."""
-    shape_variants: dict[tuple, dict[str, CellResult]] = defaultdict(dict)
+    shape_variants: dict[tuple, set] = defaultdict(set)
     variants_per_mode: dict[tuple, set] = defaultdict(set)
-    for cell in run.cells.values():
-        i = cell.info
-        mode = (i["dtype"], i["causal"])
-        variants_per_mode[mode].add(i["variant"])
-        if cell.status == "ok":
-            shape_variants[(i["seq_len"], i["head_dim"], i["batch"], i["heads"], *mode)][i["variant"]] = cell
-    complete = [s for s, vs in shape_variants.items() if set(vs) == variants_per_mode[s[4:]]]
-    if not complete:
-        return None
-    return max(complete, key=lambda s: (s[0], s[1]))
+    for rec in run.cells.values():
+        c = rec.cell
+        mode = (c.dtype, c.causal)
+        variants_per_mode[mode].add(c.variant)
+        if rec.status == "ok":
+            shape_variants[(c.seq_len, c.head_dim, c.batch, c.heads, *mode)].add(c.variant)
+    complete = [s for s, vs in shape_variants.items() if vs == variants_per_mode[s[4:]]]
+    return max(complete, key=lambda s: (s[0], s[1])) if complete else None
+
+
+def _tflops(cell: CellRecord, pass_name: str) -> str:
+    result = cell.passes.get(pass_name)
+    return render.tflops(result.flops / result.median_s) if result else render.MISSING
 
 
 def comparison(run: Run) -> list[str]:
@@ -111,30 +118,22 @@ def comparison(run: Run) -> list[str]:
     if shape is None:
         return ["No cell was measured for every variant, so there is no like-for-like comparison.", ""]
     seq_len, head_dim, batch, heads, dtype, causal = shape
-    cells = [c for c in run.cells.values()
-             if (c.info["seq_len"], c.info["head_dim"], c.info["batch"], c.info["heads"], c.info["dtype"],
-                 c.info["causal"]) == shape]
+    cells = [r for r in run.cells.values()
+             if (r.cell.seq_len, r.cell.head_dim, r.cell.batch, r.cell.heads, r.cell.dtype, r.cell.causal) == shape]
     rows = []
     for c in cells:
-        v = c.info["variant"]
+        v, m = c.cell.variant, c.memory
         rows.append([
-            v, str(c.extra("saved_nxn")), str(SEED_CLAIMED_NXN.get(v, "–")), _fmt_mib(c.extra("saved_bytes")),
-            _fmt_mib(_memory_before_backward(c)), _fmt_mib(c.extra("peak_bytes")),
-            _fmt_ms(c.median_s("forward")), _fmt_ms(c.median_s("backward")),
+            v, str(m.get("saved_nxn", render.MISSING)), str(SEED_CLAIMED_NXN.get(v, render.MISSING)),
+            render.mib(m.get("saved_bytes")), render.mib(m.get("mem_before_backward_bytes")),
+            render.mib(m.get("peak_bytes")), _time(run, c, "forward"), _time(run, c, "backward"),
             _tflops(c, "forward"), _tflops(c, "backward"),
         ])
     header = ["variant", "n×n saved (measured)", "seed claims", "saved MiB", "before backward MiB", "peak MiB",
               "fwd ms", "bwd ms", "fwd TFLOP/s", "bwd TFLOP/s"]
     title = (f"### Variants at seq_len {seq_len}, head_dim {head_dim}, batch {batch}, heads {heads}, {dtype}, "
              f"{'causal' if causal else 'non-causal'}")
-    return [title, ""] + _table(header, rows) + [""]
-
-
-def _tflops(cell: CellResult, pass_name: str) -> str:
-    entry = cell.passes.get(pass_name)
-    if not entry:
-        return "–"
-    return f"{entry['extra_info']['flops'] / entry['stats']['median'] / 1e12:.2f}"
+    return [title, "", render.table(header, rows), ""]
 
 
 def fit_exponent(xs: list[float], ys: list[float]) -> float | None:
@@ -154,86 +153,99 @@ def scaling(run: Run) -> list[str]:
     """Fitted exponents of time and memory in seq_len, per variant, at its largest head_dim."""
     rows = []
     for (variant, dtype, causal), cells in _groups(run).items():
-        head_dim = max(c.info["head_dim"] for c in cells)
-        ok = sorted((c for c in cells if c.info["head_dim"] == head_dim and c.status == "ok"),
-                    key=lambda c: c.info["seq_len"])[-SCALING_FIT_POINTS:]
-        xs = [c.info["seq_len"] for c in ok]
+        head_dim = max(c.cell.head_dim for c in cells)
+        ok = sorted((c for c in cells if c.cell.head_dim == head_dim and c.status == "ok"),
+                    key=lambda c: c.cell.seq_len)[-SCALING_FIT_POINTS:]
+        xs = [c.cell.seq_len for c in ok]
 
         def exponent(values):
             slope = fit_exponent(xs, values)
-            return "–" if slope is None else f"{slope:.2f}"
+            return render.MISSING if slope is None else f"{slope:.2f}"
 
-        memory = [(_memory_before_backward(c) or c.extra("saved_bytes")) for c in ok]
         rows.append([variant, dtype, "causal" if causal else "full", str(head_dim),
-                     f"{xs[0]}–{xs[-1]}" if xs else "–",
+                     f"{xs[0]}–{xs[-1]}" if xs else render.MISSING,
                      exponent([c.median_s("forward") for c in ok]), exponent([c.median_s("backward") for c in ok]),
-                     exponent(memory)])
+                     exponent([_memory(c) for c in ok])])
     header = ["variant", "dtype", "mask", "head_dim", "seq_len range", "fwd time ∝ n^", "bwd time ∝ n^",
               "memory ∝ n^"]
-    return (["### Scaling exponents", "",
-             f"Least-squares slope of log(value) on log(seq_len) over the {SCALING_FIT_POINTS} largest measured "
-             "seq_lens: 2 is O(n²), 1 is O(n). Memory is before backward on CUDA, the census on CPU.", ""]
-            + _table(header, rows) + [""])
+    return ["### Scaling exponents", "",
+            f"Least-squares slope of log(value) on log(seq_len) over the {SCALING_FIT_POINTS} largest measured "
+            "seq_lens: 2 is O(n²), 1 is O(n). Memory is before backward on CUDA, the census on CPU.", "",
+            render.table(header, rows), ""]
 
 
 def memory_model_check(run: Run) -> list[str]:
     """Worst relative error of the current memory model against this run's measured CUDA figures."""
-    import torch
-
-    from .grid import DTYPES
     from .memory_model import predict
 
     worst: dict[tuple[str, str], tuple[float, str, float, float]] = {}
     checked = 0
-    for c in run.cells.values():
-        if c.status != "ok" or c.extra("mem_before_backward_bytes") is None:
+    for rec in run.cells.values():
+        if rec.status != "ok" or "mem_before_backward_bytes" not in rec.memory:
             continue
-        i = c.info
+        c = rec.cell
         try:
-            prediction = predict(i["variant"], batch=i["batch"], heads=i["heads"], seq_len=i["seq_len"],
-                                 head_dim=i["head_dim"], dtype=DTYPES.get(i["dtype"], torch.float32),
-                                 causal=i["causal"])
+            prediction = predict(c.variant, batch=c.batch, heads=c.heads, seq_len=c.seq_len, head_dim=c.head_dim,
+                                 dtype=c.torch_dtype, causal=c.causal)
         except ValueError:  # a variant this checkout no longer registers
             continue
         for figure, predicted in (("mem_before_backward_bytes", prediction.before_backward_bytes),
                                   ("peak_bytes", prediction.peak_bytes)):
-            measured = c.extra(figure)
+            measured = rec.memory.get(figure)
             if not measured or measured < MODEL_CHECK_MIN_BYTES:
                 continue
             checked += 1
             error = abs(predicted - measured) / measured
-            key = (i["variant"], figure)
+            key = (c.variant, figure)
             if key not in worst or error > worst[key][0]:
-                worst[key] = (error, c.key, predicted, measured)
+                worst[key] = (error, rec.key, predicted, measured)
     if not worst:
         return []
     overall = max(worst.values())
-    rows = [[variant, figure, f"{e:.1%}", cell, _fmt_mib(p), _fmt_mib(m)]
+    rows = [[variant, figure, render.percent(e), cell, render.mib(p), render.mib(m)]
             for (variant, figure), (e, cell, p, m) in worst.items()]
-    return (["### Memory model", "",
-             f"This checkout's `attnbench.memory_model.predict` against the run's measured figures: "
-             f"{checked} figures of at least {MODEL_CHECK_MIN_BYTES // MIB} MiB; worst {overall[0]:.1%} "
-             f"({overall[1]}). Worst cell per variant and figure:", ""]
-            + _table(["variant", "figure", "worst error", "cell", "predicted MiB", "measured MiB"], rows) + [""])
+    return ["### Memory model", "",
+            f"This checkout's `attnbench.memory_model.predict` against the run's measured figures: "
+            f"{checked} figures of at least {MODEL_CHECK_MIN_BYTES // MIB} MiB; worst {render.percent(overall[0])} "
+            f"({overall[1]}). Worst cell per variant and figure:", "",
+            render.table(["variant", "figure", "worst error", "cell", "predicted MiB", "measured MiB"], rows), ""]
 
 
 def timing_check(run: Run) -> list[str]:
     """Suite median against the independent CUDA-event median (runs made with --attn-timing-check)."""
     ratios = []
-    for c in run.cells.values():
-        for pass_name, entry in c.passes.items():
-            event = entry.get("extra_info", {}).get("event_median_s")
-            median = entry["stats"]["median"]
-            if event and median >= TIMING_CHECK_MIN_S:
-                ratios.append((abs(median / event - 1), median, event, f"{pass_name} {c.key}"))
+    for rec in run.cells.values():
+        for pass_name, result in rec.passes.items():
+            event = result.checks.get("event_median_s")
+            if event and result.median_s >= TIMING_CHECK_MIN_S:
+                ratios.append((abs(result.median_s / event - 1), result.median_s, event, f"{pass_name} {rec.key}"))
     if not ratios:
         return []
     worst = max(ratios)
     within = sum(r[0] <= 0.05 for r in ratios)
     return ["### Timing check", "",
             f"{within} of {len(ratios)} benchmarks of at least {TIMING_CHECK_MIN_S * 1e3:.1f} ms have a suite median "
-            f"within 5% of an independent CUDA-event median; worst: {worst[3]}: {_fmt_ms(worst[1])} ms vs "
-            f"{_fmt_ms(worst[2])} ms ({worst[0]:.1%}).", ""]
+            f"within 5% of an independent CUDA-event median; worst: {worst[3]}: {render.ms(worst[1])} ms vs "
+            f"{render.ms(worst[2])} ms ({render.percent(worst[0])}).", ""]
+
+
+def launch_bound_section(run: Run) -> list[str]:
+    """Passes whose device time is well under one synchronized call's wall time: launch-bound."""
+    rows = []
+    for rec in run.cells.values():
+        for pass_name, result in rec.passes.items():
+            if launch_bound(run, rec, pass_name):
+                wall = result.checks["warmup_wall_s"]
+                rows.append([rec.key, pass_name, render.ms(result.median_s), render.ms(wall),
+                             render.percent(result.median_s / wall)])
+    if not rows:
+        return []
+    return ["### Launch-bound cells", "",
+            f"{LAUNCH_BOUND_MARK} in the tables: the device time (this run's clock, host launches hidden) is below "
+            f"{LAUNCH_BOUND_RATIO:.0%} of the wall-clock time of one synchronized call (taken during warm-up). "
+            "The host's launches bound these calls: a training step pays the wall time (`--attn-timing wall` "
+            "measures it; `--attn-timing cudagraph` removes launch overhead).", "",
+            render.table(["cell", "pass", "device ms", "wall ms (one call)", "device / wall"], rows), ""]
 
 
 def machine(run: Run) -> list[str]:
@@ -242,26 +254,31 @@ def machine(run: Run) -> list[str]:
     for label, key in (("driver", "driver"), ("CUDA", "cuda"), ("torch", "torch"), ("triton", "triton")):
         if env.get(key):
             parts.append(f"{label} {env[key]}")
-    commit = run.data.get("commit_info") or {}
+    commit = run.commit
     dirty = " (uncommitted changes)" if commit.get("dirty") else ""
-    lines = [" · ".join(parts), "", f"Run: `{run.path.name}` ({run.data.get('datetime', '?')}); "
-             f"commit {str(commit.get('id', '?'))[:12]}{dirty}", ""]
-    for flag in run.machine.get("flags", []):
+    name = run.path.name if run.path else "?"
+    lines = [" · ".join(parts), "",
+             f"Run: `{name}` ({run.datetime or '?'}); commit {str(commit.get('id', '?'))[:12]}{dirty}; "
+             f"preset {run.preset}; timing {run.timing.describe()}", ""]
+    if not run.complete:
+        lines += [f"**Incomplete run:** {run.stop_reason}. Cells marked \"not run\" were never measured; do not "
+                  "compare this run as a whole.", ""]
+    for flag in run.flags:
         lines += [f"**Warning:** {flag}", ""]
-    plants = run.data.get("attnbench", {}).get("plants")
-    if plants:
-        lines += [f"**Planted regressions were active in this run:** `{plants}`", ""]
+    if run.plants:
+        lines += [f"**Planted regressions were active in this run:** `{run.plants}`", ""]
     return lines
 
 
-def render(run: Run) -> str:
+def render_report(run: Run) -> str:
     """The whole markdown report."""
-    ooms = [c for c in run.cells.values() if c.status.startswith("oom")]
+    not_measured = [c for c in run.cells.values() if c.status not in ("ok", "pending")]
     lines = [f"# attnbench results: {run.device_label}", ""] + machine(run)
     lines += ["## Comparison", ""] + comparison(run) + scaling(run) + memory_model_check(run) + timing_check(run)
-    if ooms:
-        lines += ["## Out of memory", ""]
-        lines += [f"- `{c.key}`: {c.status} ({c.message})" for c in ooms] + [""]
+    lines += launch_bound_section(run)
+    if not_measured:
+        lines += ["## Not measured", ""]
+        lines += [f"- `{c.key}`: {c.status} ({c.message})" for c in not_measured] + [""]
     lines += ["## Tables (the seed's layout)", ""] + seed_tables(run)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -273,24 +290,23 @@ def write_plots(run: Run, directory: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    directory.mkdir(parents=True, exist_ok=True)
-    figures: dict[tuple, list[CellResult]] = defaultdict(list)
-    for c in run.cells.values():
-        figures[(c.info["dtype"], c.info["causal"], c.info["head_dim"])].append(c)
+    figures: dict[tuple, list[CellRecord]] = defaultdict(list)
+    for rec in run.cells.values():
+        figures[(rec.cell.dtype, rec.cell.causal, rec.cell.head_dim)].append(rec)
     written = []
     for (dtype, causal, head_dim), cells in sorted(figures.items()):
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
         panels = (("forward ms", lambda c: (c.median_s("forward") or 0) * 1e3),
                   ("backward ms", lambda c: (c.median_s("backward") or 0) * 1e3),
-                  ("memory MiB", lambda c: (_memory_before_backward(c) or c.extra("saved_bytes") or 0) / MIB))
-        by_variant: dict[str, list[CellResult]] = defaultdict(list)
+                  ("memory MiB", lambda c: (_memory(c) or 0) / MIB))
+        by_variant: dict[str, list[CellRecord]] = defaultdict(list)
         for c in cells:
             if c.status == "ok":
-                by_variant[c.info["variant"]].append(c)
+                by_variant[c.cell.variant].append(c)
         for ax, (label, value) in zip(axes, panels, strict=True):
             for variant, vcells in by_variant.items():
-                vcells.sort(key=lambda c: c.info["seq_len"])
-                ax.plot([c.info["seq_len"] for c in vcells], [value(c) for c in vcells], marker="o", label=variant)
+                vcells.sort(key=lambda c: c.cell.seq_len)
+                ax.plot([c.cell.seq_len for c in vcells], [value(c) for c in vcells], marker="o", label=variant)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("seq_len")
@@ -308,8 +324,10 @@ def write_plots(run: Run, directory: Path) -> list[Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Markdown tables (and plots) from a saved run. Exit 0: written; 2: the run cannot be read "
+                          "or trusted; 3: the output could not be written.")
     parser.add_argument("run_json", nargs="?", metavar="RUN.json",
-                        help=f"a saved run (default: the newest under --storage, {DEFAULT_STORAGE}/)")
+                        help=f"a saved run (default: the newest numbered run under --storage, {DEFAULT_STORAGE}/)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="DIR",
                         help=f"where autosaved runs live (default: {DEFAULT_STORAGE})")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="also write log-log PNG plots into DIR")
@@ -317,24 +335,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def _writable_directory(path: Path, what: str) -> str | None:
+    """None when ``path`` is (or can be made) a writable directory; else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{what} {path} exists and is not a directory"
+    except OSError as exc:
+        return f"cannot create {what} {path}: {exc.strerror or exc}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{what} {path} is not writable"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        run_obj = load_run(args.run_json or newest_run(args.storage))
+        run_obj = load(args.run_json or newest_run(args.storage))
     except RunError as exc:
         print(f"attnbench report: {exc}", file=sys.stderr)
-        return 2
-    text = render(run_obj)
-    if args.plots:
-        paths = write_plots(run_obj, args.plots)
-        def link(path: Path) -> str:  # relative to the markdown file when there is one
-            if args.output is None:
-                return path.as_posix()
-            return Path(os.path.relpath(path.resolve(), args.output.parent.resolve())).as_posix()
+        return EXIT_CANNOT_READ
+    if not run_obj.cells:
+        print(f"attnbench report: {run_obj.path} holds no cells of this suite (no benchmark was run); nothing to "
+              "report", file=sys.stderr)
+        return EXIT_CANNOT_READ
+    if not run_obj.complete:
+        print(f"attnbench report: WARNING: {run_obj.path} is an incomplete run ({run_obj.stop_reason})",
+              file=sys.stderr)
+    # every output place is checked before anything is written: no half-written report
+    problems = []
+    if args.output is not None:
+        if args.output.is_dir():
+            problems.append(f"--output {args.output} is a directory, expected a file")
+        else:
+            problems.append(_writable_directory(args.output.parent, "the directory of --output"))
+    if args.plots is not None:
+        problems.append(_writable_directory(args.plots, "--plots directory"))
+    problems = [p for p in problems if p]
+    if problems:
+        print(f"attnbench report: {'; '.join(problems)}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    text = render_report(run_obj)
+    try:
+        if args.plots:
+            paths = write_plots(run_obj, args.plots)
 
-        text += "\n## Plots\n\n" + "".join(f"![{p.stem}]({link(p)})\n" for p in paths)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+            def link(path: Path) -> str:  # relative to the markdown file when there is one
+                if args.output is None:
+                    return path.as_posix()
+                return Path(os.path.relpath(path.resolve(), args.output.parent.resolve())).as_posix()
+
+            text += "\n## Plots\n\n" + "".join(f"![{p.stem}]({link(p)})\n" for p in paths)
+        if args.output:
+            args.output.write_text(text)
+        else:
+            sys.stdout.write(text)
+    except OSError as exc:
+        print(f"attnbench report: cannot write the report: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    return EXIT_OK

@@ -1,16 +1,16 @@
 """Measuring one grid cell: the memory probe, then forward and backward timing through pytest-benchmark.
 
 Setup (inputs, the warm-up that compiles and autotunes, the memory probe) happens outside the
-timed region; only a zero-argument callable is timed, the same way for every variant.
+timed region; only a zero-argument callable is timed, the same way for every variant. What the
+runner learns goes into the cell's :class:`attnbench.record.CellRecord`.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,17 +19,19 @@ from attention_impls import get_variant
 
 from .census import census_of_attention
 from .grid import Cell
+from .machine import available_host_memory_bytes
 from .memory_model import predict
-from .timing import cuda_event_median_s, set_launch_slack, spin
+from .record import CellRecord, PassResult, Timing, pass_extra_info
+from .timing import DeviceClock, L2Flush, cuda_event_median_s, synchronized, wall_s
 
 #: calls before timing: the first compiles/autotunes, the rest settle clocks and caches.
 DEFAULT_WARMUP_CALLS = 3
-#: time budget per benchmark (seconds) and the bounds on its number of rounds.
-DEFAULT_MAX_TIME_S = 0.25
-DEFAULT_MIN_ROUNDS = 10
+#: at most this many timed rounds per benchmark, whatever --benchmark-max-time allows.
 MAX_ROUNDS = 100
-#: fraction of the free device memory a cell may be predicted to need and still be attempted.
+#: fraction of the free memory (device memory on CUDA, available RAM on CPU) a cell may be predicted
+#: to need and still be attempted.
 OOM_SAFETY_FRACTION = 0.97
+CPU_OOM_SAFETY_FRACTION = 0.8
 #: rounds of the independent CUDA-event measurement (--attn-timing-check).
 TIMING_CHECK_ROUNDS = 20
 #: the GPU spin before each timed call lasts this many times the host's time to launch the call ...
@@ -37,8 +39,8 @@ LAUNCH_SLACK_FACTOR = 2.0
 #: ... plus this much, and at most MAX_LAUNCH_SLACK_S (a call that takes longer to launch is host-bound).
 LAUNCH_SLACK_MARGIN_S = 50e-6
 MAX_LAUNCH_SLACK_S = 0.05
-#: test-only planted regressions, e.g. "slow:torch_softmax:0.15,extra_nxn:weights_only".
-PLANT_ENV = "ATTNBENCH_PLANT"
+#: rounds of the median the planted slowdown is sized from.
+PLANT_BASE_ROUNDS = 5
 
 
 class CellOOM(Exception):
@@ -47,76 +49,6 @@ class CellOOM(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass
-class CellRecord:
-    """What a run learned about one cell; written to the run's JSON under ``attnbench.cells``."""
-
-    cell: Cell
-    status: str = "pending"  # ok | oom-predicted | oom-measured
-    message: str = ""
-    saved_nxn: int | None = None
-    saved_bytes: int | None = None
-    predicted_before_backward_bytes: int | None = None
-    predicted_peak_bytes: int | None = None
-    mem_before_backward_bytes: int | None = None
-    peak_bytes: int | None = None
-    free_bytes: int | None = None
-    timings: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        data = {"key": self.cell.key, **self.cell.as_dict()}
-        data.update({k: v for k, v in vars(self).items() if k != "cell"})
-        return data
-
-    def memory_info(self) -> dict:
-        """The memory figures every benchmark of this cell carries in ``extra_info``."""
-        keys = ("saved_nxn", "saved_bytes", "predicted_before_backward_bytes", "predicted_peak_bytes",
-                "mem_before_backward_bytes", "peak_bytes")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-
-
-def parse_plants(text: str | None) -> dict[str, dict[str, float]]:
-    """``ATTNBENCH_PLANT`` -> {variant: {"slow": fraction, "extra_nxn": 1}}; empty when unset."""
-    plants: dict[str, dict[str, float]] = {}
-    expected = "expected slow:VARIANT:FRACTION or extra_nxn:VARIANT"
-    for item in filter(None, (text or "").split(",")):
-        parts = item.strip().split(":")
-        if parts[0] == "slow" and len(parts) == 3:
-            try:
-                fraction = float(parts[2])
-            except ValueError:
-                raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; FRACTION is not a number; {expected}") from None
-            plants.setdefault(parts[1], {})["slow"] = fraction
-        elif parts[0] == "extra_nxn" and len(parts) == 2:
-            plants.setdefault(parts[1], {})["extra_nxn"] = 1
-        else:
-            raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; {expected}")
-    return plants
-
-
-class _KeepExtraNxN(torch.autograd.Function):
-    """Planted regression: pass ``out`` through and keep one extra n×n tensor for backward."""
-
-    @staticmethod
-    def forward(ctx, out, extra):
-        ctx.save_for_backward(extra)
-        return out.view_as(out)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-def _burn(device: str, seconds: float) -> None:
-    """Planted regression: spend ``seconds`` more on the device (or the host, on CPU)."""
-    if device == "cuda":
-        spin(seconds)
-        return
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
 
 
 def release_memory() -> None:
@@ -130,15 +62,20 @@ def release_memory() -> None:
 class CellRunner:
     """Measures one cell; shared by its forward and backward benchmarks."""
 
-    def __init__(self, cell: Cell, *, max_time_s: float, min_rounds: int, timing_check: bool, plants: dict):
+    def __init__(self, cell: Cell, *, max_time_s: float, min_rounds: int, timing: Timing = Timing(),
+                 timing_check: bool = False, clock: DeviceClock | None = None, plant=None):
         self.cell = cell
         self.variant = get_variant(cell.variant)
         self.max_time_s = max_time_s
         self.min_rounds = min_rounds
+        self.timing = timing
         self.timing_check = timing_check
-        self.plant = plants.get(cell.variant, {})
+        self.clock = clock
         self.record = CellRecord(cell)
-        self.launch_slack_s = 0.0
+        self._attention = (lambda q, k, v: self.variant.fn(q, k, v, causal=cell.causal))
+        if plant is not None:  # a planted regression (attnbench.plants), only when asked for
+            self._attention = plant.wrap_attention(self._attention)
+        self.plant = plant
 
     # -- inputs and the call being measured
 
@@ -150,11 +87,7 @@ class CellRunner:
         return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), grad_out
 
     def attention(self, q, k, v) -> torch.Tensor:
-        out = self.variant.fn(q, k, v, causal=self.cell.causal)
-        if self.plant.get("extra_nxn"):
-            extra = torch.empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2], device=q.device, dtype=q.dtype)
-            out = _KeepExtraNxN.apply(out, extra)
-        return out
+        return self._attention(q, k, v)
 
     # -- memory
 
@@ -163,22 +96,30 @@ class CellRunner:
         return predict(self.variant, batch=c.batch, heads=c.heads, seq_len=c.seq_len, head_dim=c.head_dim,
                        dtype=c.torch_dtype, causal=c.causal)
 
+    def _check_fits(self, peak_bytes: int) -> None:
+        """CellOOM("oom-predicted") when the predicted peak cannot fit where the cell runs."""
+        memory = self.record.memory
+        if self.cell.device == "cuda":
+            free, fraction, where = torch.cuda.mem_get_info()[0], OOM_SAFETY_FRACTION, "free"
+        else:
+            free, fraction, where = available_host_memory_bytes(), CPU_OOM_SAFETY_FRACTION, "of RAM available"
+            if free is None:
+                return  # this platform does not say; the allocator will
+        memory["free_bytes"] = free
+        if peak_bytes > fraction * free:
+            raise CellOOM("oom-predicted",
+                          f"predicted peak {peak_bytes / 2**20:.0f} MiB > {fraction:.0%} of {free / 2**20:.0f} MiB "
+                          f"{where}")
+
     def probe(self) -> CellRecord:
         """Census and memory figures of one forward and backward; raises CellOOM when it cannot fit."""
-        rec = self.record
+        memory = self.record.memory
         prediction = self.predicted()
-        rec.predicted_before_backward_bytes = prediction.before_backward_bytes
-        rec.predicted_peak_bytes = prediction.peak_bytes
+        memory["predicted_before_backward_bytes"] = prediction.before_backward_bytes
+        memory["predicted_peak_bytes"] = prediction.peak_bytes
         on_cuda = self.cell.device == "cuda"
         release_memory()
-        if on_cuda:
-            rec.free_bytes = torch.cuda.mem_get_info()[0]
-            if prediction.peak_bytes > OOM_SAFETY_FRACTION * rec.free_bytes:
-                raise CellOOM(
-                    "oom-predicted",
-                    f"predicted peak {prediction.peak_bytes / 2**20:.0f} MiB > "
-                    f"{OOM_SAFETY_FRACTION:.0%} of {rec.free_bytes / 2**20:.0f} MiB free",
-                )
+        self._check_fits(prediction.peak_bytes)
         # One untimed forward and backward first: compilation, autotuning (Triton's benchmarking
         # allocates a 256 MiB cache-flush buffer) and library workspaces must not count as the cell's.
         q, k, v, grad_out = self.inputs()
@@ -191,18 +132,18 @@ class CellRunner:
         if on_cuda:
             del grad_out  # the seed's figure: inputs and output live, nothing else
         census = census_of_attention(lambda *a, causal: self.attention(*a), q, k, v, causal=self.cell.causal)
-        rec.saved_nxn, rec.saved_bytes = census.nxn_count, census.saved_bytes
+        memory["saved_nxn"], memory["saved_bytes"] = census.nxn_count, census.saved_bytes
         out = self.attention(q, k, v)
         if on_cuda:
             torch.cuda.synchronize()
-            rec.mem_before_backward_bytes = torch.cuda.memory_allocated() - base
+            memory["mem_before_backward_bytes"] = torch.cuda.memory_allocated() - base
             grad_out = torch.randn_like(out)
             torch.cuda.reset_peak_memory_stats()
         torch.autograd.grad(out, (q, k, v), grad_out)
         if on_cuda:
             torch.cuda.synchronize()
-            rec.peak_bytes = torch.cuda.max_memory_allocated() - base
-        return rec
+            memory["peak_bytes"] = torch.cuda.max_memory_allocated() - base
+        return self.record
 
     def ensure_probed(self) -> None:
         """Probe once; an OOM cell is recorded as such and its benchmarks skip with the numbers."""
@@ -216,56 +157,15 @@ class CellRunner:
             except torch.OutOfMemoryError as exc:
                 rec.status, rec.message = "oom-measured", str(exc).splitlines()[0]
             release_memory()  # outside the except: the traceback no longer pins the tensors
-        if rec.status != "ok":
+        if rec.status not in ("ok", "capture-failed"):
             pytest.skip(f"{rec.status}: {rec.message}")
 
-    # -- timing
+    # -- what is timed
 
-    def _rounds(self, target, setup=None) -> int:
-        """Warm up, then size the launch slack and the number of rounds from one call."""
-        for _ in range(DEFAULT_WARMUP_CALLS):
-            if setup is not None:
-                setup()
-            target()
-        if setup is not None:
-            setup()
-        if self.cell.device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        target()
-        host_s = time.perf_counter() - start  # launches only, unless the call synchronizes
-        if self.cell.device == "cuda":
-            self.launch_slack_s = min(MAX_LAUNCH_SLACK_S, LAUNCH_SLACK_FACTOR * host_s + LAUNCH_SLACK_MARGIN_S)
-            estimate = cuda_event_median_s(target, rounds=1, setup=setup, launch_slack_s=self.launch_slack_s)
-        else:
-            estimate = host_s
-        return max(self.min_rounds, min(MAX_ROUNDS, math.ceil(self.max_time_s / max(estimate, 1e-9))))
-
-    def _slowed(self, target, setup=None):
-        fraction = self.plant.get("slow")
-        if not fraction:
-            return target
-        if self.cell.device == "cuda":
-            base = cuda_event_median_s(target, rounds=5, setup=setup, launch_slack_s=self.launch_slack_s)
-        else:
-            if setup is not None:
-                setup()
-            start = time.perf_counter()
-            target()
-            base = time.perf_counter() - start
-
-        def slowed():
-            target()
-            _burn(self.cell.device, fraction * base)
-
-        return slowed
-
-    def forward_target(self):
-        q, k, v, _ = self.inputs()
-        return (lambda: self.attention(q, k, v)), None
-
-    def backward_target(self):
+    def _eager_targets(self, pass_name: str) -> tuple[Callable[[], object], Callable[[], None] | None]:
         q, k, v, grad_out = self.inputs()
+        if pass_name == "forward":
+            return (lambda: self.attention(q, k, v)), None
         state: dict = {}
 
         def setup():
@@ -276,11 +176,83 @@ class CellRunner:
 
         return run, setup
 
-    def bench(self, benchmark, pass_name: str) -> None:
-        """Time ``pass_name`` ('forward' or 'backward') with pytest-benchmark and fill its extra_info.
+    def _graphed_targets(self, pass_name: str):
+        """The pass replayed from CUDA graphs captured once; RuntimeError when capture fails."""
+        q, k, v, grad_out = self.inputs()
+        graphed = torch.cuda.make_graphed_callables(self.attention, (q, k, v))
+        if pass_name == "forward":
+            return (lambda: graphed(q, k, v)), None
+        state: dict = {}
 
-        An out-of-memory error here is recorded as ``oom-measured`` and the benchmark skips;
-        the rest of the grid goes on.
+        def setup():
+            state["out"] = graphed(q, k, v)
+
+        def run():
+            torch.autograd.grad(state.pop("out"), (q, k, v), grad_out)
+
+        return run, setup
+
+    def targets(self, pass_name: str):
+        """``(target, setup)`` for the run's timing mode: only ``target`` is timed."""
+        if self.timing.mode != "cudagraph":
+            return self._eager_targets(pass_name)
+        try:
+            return self._graphed_targets(pass_name)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # capture rejects host syncs, CPU-side control flow, some library calls
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise _CaptureFailed(f"{pass_name}: CUDA graph capture failed: {type(exc).__name__}: "
+                                 f"{first_line[:300]}") from None
+
+    # -- timing
+
+    def _rounds(self, target, setup) -> tuple[int, float]:
+        """Warm up, size the launch slack and the number of rounds; returns (rounds, warm-up wall seconds)."""
+        device = self.cell.device
+        walls = []
+        for _ in range(DEFAULT_WARMUP_CALLS):
+            if setup is not None:
+                setup()
+            walls.append(wall_s(target, device))
+        warmup_wall = min(walls[1:] or walls)  # the first call compiles and autotunes
+        if setup is not None:
+            setup()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        target()
+        host_s = time.perf_counter() - start  # launches only, unless the call synchronizes
+        if device == "cuda" and self.timing.mode != "wall":
+            self.launch_slack_s = min(MAX_LAUNCH_SLACK_S, LAUNCH_SLACK_FACTOR * host_s + LAUNCH_SLACK_MARGIN_S)
+            estimate = cuda_event_median_s(target, rounds=1, setup=setup, launch_slack_s=self.launch_slack_s)
+        else:
+            self.launch_slack_s = 0.0
+            estimate = warmup_wall
+        rounds = max(self.min_rounds, min(MAX_ROUNDS, math.ceil(self.max_time_s / max(estimate, 1e-9))))
+        return rounds, warmup_wall
+
+    def _median_s(self, target, setup) -> Callable[[], float]:
+        """A function measuring ``target``'s median as this run's clock sees it (for planted slowdowns)."""
+        if self.cell.device == "cuda" and self.timing.mode != "wall":
+            return lambda: cuda_event_median_s(target, rounds=PLANT_BASE_ROUNDS, setup=setup,
+                                               launch_slack_s=self.launch_slack_s)
+
+        def median() -> float:
+            times = []
+            for _ in range(PLANT_BASE_ROUNDS):
+                if setup is not None:
+                    setup()
+                times.append(wall_s(target, self.cell.device))
+            return sorted(times)[len(times) // 2]
+
+        return median
+
+    def bench(self, benchmark, pass_name: str) -> None:
+        """Time ``pass_name`` ('forward' or 'backward') with pytest-benchmark and record the result.
+
+        An out-of-memory error here is recorded as ``oom-measured``, a failed CUDA graph capture as
+        ``capture-failed``, and the benchmark skips; the rest of the grid goes on.
         """
         if pass_name not in ("forward", "backward"):
             raise ValueError(f"pass_name must be 'forward' or 'backward', got {pass_name!r}")
@@ -289,37 +261,43 @@ class CellRunner:
             return
         except torch.OutOfMemoryError as exc:
             self.record.status, self.record.message = "oom-measured", f"{pass_name}: {str(exc).splitlines()[0]}"
+        except _CaptureFailed as exc:
+            self.record.status = "capture-failed"
+            self.record.message = "; ".join(filter(None, (self.record.message, str(exc))))
         release_memory()
         pytest.skip(f"{self.record.status}: {self.record.message}")
 
     def _bench(self, benchmark, pass_name: str) -> None:
-        target, setup = self.forward_target() if pass_name == "forward" else self.backward_target()
-        rounds = self._rounds(target, setup)
-        target = self._slowed(target, setup)
-        if self.cell.device == "cuda":
-            set_launch_slack(self.launch_slack_s)
-        if setup is None:
-            benchmark.pedantic(target, rounds=rounds, warmup_rounds=0, iterations=1)
+        target, setup = self.targets(pass_name)
+        rounds, warmup_wall = self._rounds(target, setup)
+        on_cuda = self.cell.device == "cuda"
+        if self.plant is not None:
+            target = self.plant.slow_target(target, self._median_s(target, setup), self.cell.device)
+        timed_target, timed_setup = target, setup
+        if self.timing.flush_l2:
+            timed_setup = L2Flush(self.cell.device).before(setup)
+        if on_cuda and self.timing.mode == "wall":
+            timed_target, timed_setup = synchronized(timed_target), synchronized(timed_setup)
+        elif on_cuda:
+            self.clock.set_launch_slack(self.launch_slack_s)
+        if timed_setup is None:
+            benchmark.pedantic(timed_target, rounds=rounds, warmup_rounds=0, iterations=1)
         else:
-            benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=0, iterations=1)
-        median_s = benchmark.stats.stats.median
-        flops = self.cell.forward_flops() if pass_name == "forward" else self.cell.backward_flops()
-        info = {
-            **{k: v for k, v in self.cell.as_dict().items()},
-            "pass": pass_name,
-            "flops": flops,
-            "tflops": flops / median_s / 1e12,
-            **self.record.memory_info(),
-        }
-        timing = {"median_s": median_s, "rounds": rounds}
-        if self.timing_check and self.cell.device == "cuda":
-            info["event_median_s"] = timing["event_median_s"] = cuda_event_median_s(
-                target, rounds=TIMING_CHECK_ROUNDS, setup=setup, launch_slack_s=self.launch_slack_s
-            )
-            info["launch_slack_s"] = self.launch_slack_s
-        benchmark.extra_info.update(info)
-        self.record.timings[pass_name] = timing
+            benchmark.pedantic(timed_target, setup=timed_setup, rounds=rounds, warmup_rounds=0, iterations=1)
+        checks = {"warmup_wall_s": warmup_wall}
+        if self.timing_check and on_cuda:
+            checks["event_median_s"] = cuda_event_median_s(target, rounds=TIMING_CHECK_ROUNDS, setup=setup,
+                                                           launch_slack_s=self.launch_slack_s)
+            checks["launch_slack_s"] = self.launch_slack_s
+        flops = self.cell.flops(pass_name)
+        benchmark.extra_info.update(pass_extra_info(pass_name, flops, **checks))
+        stats = benchmark.stats.stats
+        self.record.passes[pass_name] = PassResult(
+            name=benchmark.fullname, pass_name=pass_name, flops=flops, checks=checks,
+            stats={name: getattr(stats, name) for name in ("min", "max", "mean", "median", "q1", "q3", "iqr",
+                                                            "stddev", "rounds")},
+        )
 
 
-def plants_from_env() -> dict:
-    return parse_plants(os.environ.get(PLANT_ENV))
+class _CaptureFailed(Exception):
+    """The cell's call cannot be captured in a CUDA graph."""

@@ -1,25 +1,34 @@
-"""Device-time clocks for pytest-benchmark, and an independent CUDA-event measurement to check them.
+"""Clocks for pytest-benchmark, the timing modes, and an independent CUDA-event measurement to check them.
 
-pytest-benchmark times a round as ``timer()`` after minus ``timer()`` before. For CUDA work a host
-clock measures launches, and even CUDA events placed around the call measure the host's launch
-gaps whenever the host is slower than the GPU (small cells, many small kernels). So the start of
-a round first queues a short GPU spin (``torch.cuda._sleep``) and records the start event behind
-it: while the GPU spins, the host queues the whole call, and the events then bracket only the
-device's execution of the work. :func:`cuda_event_clock` returns readings whose difference
-waits for the end event and is the device time in seconds.
+Timing modes (``--attn-timing``), recorded in every run; runs of different modes never compare:
+
+``device``
+    The GPU's execution of the call, host launch time hidden. pytest-benchmark times a round as
+    ``timer()`` after minus ``timer()`` before. For CUDA work a host clock measures launches, and even
+    CUDA events placed around the call measure the host's launch gaps whenever the host is slower than
+    the GPU (small cells, many small kernels). So :class:`DeviceClock` first queues a short GPU spin
+    (``torch.cuda._sleep``) and records the start event behind it: while the GPU spins, the host queues
+    the whole call, and the events then bracket only the device's execution of the work.
+``wall``
+    What a training step pays: the host clock around the call and a synchronize, launches included.
+``cudagraph``
+    The call captured once in a CUDA graph and replayed (``torch.cuda.make_graphed_callables``):
+    launch overhead removed, timed by :class:`DeviceClock`. A variant that cannot be captured says so
+    in its cell.
+
+On CPU, ``device`` and ``wall`` are the same host clock; ``cudagraph`` needs CUDA.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
 
-#: host time the spin before a start event must cover, set per benchmark by the runner.
-_launch_slack_s = 0.0
-_cycles_per_s: float | None = None
-_pending_start: _Reading | None = None
+TIMING_MODES = ("device", "wall", "cudagraph")
 #: cycles of the calibration spin (a few ms at Hopper clocks).
 _CALIBRATION_CYCLES = 5_000_000
 
@@ -27,29 +36,27 @@ _CALIBRATION_CYCLES = 5_000_000
 class _Reading:
     """A CUDA event; ``end - start`` waits for ``end`` and gives the seconds between them."""
 
-    __slots__ = ("event",)
+    __slots__ = ("clock", "event")
 
-    def __init__(self, event: torch.cuda.Event):
-        self.event = event
+    def __init__(self, clock: DeviceClock, event: torch.cuda.Event):
+        self.clock, self.event = clock, event
 
     def __sub__(self, other: _Reading) -> float:
-        global _pending_start
-        _pending_start = None
+        self.clock.pending_start = None
         self.event.synchronize()
         return other.event.elapsed_time(self.event) / 1e3
 
 
+@functools.cache
 def _spin_cycles_per_s() -> float:
-    global _cycles_per_s
-    if _cycles_per_s is None:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(_CALIBRATION_CYCLES)  # first spin wakes the clocks up
-        start.record()
-        torch.cuda._sleep(_CALIBRATION_CYCLES)
-        end.record()
-        end.synchronize()
-        _cycles_per_s = _CALIBRATION_CYCLES / (start.elapsed_time(end) / 1e3)
-    return _cycles_per_s
+    """The GPU's spin rate in cycles per second, measured once per process."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(_CALIBRATION_CYCLES)  # the first spin wakes the clocks up
+    start.record()
+    torch.cuda._sleep(_CALIBRATION_CYCLES)
+    end.record()
+    end.synchronize()
+    return _CALIBRATION_CYCLES / (start.elapsed_time(end) / 1e3)
 
 
 def spin(seconds: float) -> None:
@@ -58,24 +65,80 @@ def spin(seconds: float) -> None:
         torch.cuda._sleep(max(1, int(seconds * _spin_cycles_per_s())))
 
 
-def set_launch_slack(seconds: float) -> None:
-    """How long the spin before each start event should last: at least the host time of one call."""
-    global _launch_slack_s, _pending_start
-    _launch_slack_s = max(0.0, seconds)
-    _pending_start = None
+class DeviceClock:
+    """pytest-benchmark ``timer`` for CUDA work: alternate calls are a round's start and end.
 
+    One per run, owned by the run's session; the runner sets ``launch_slack_s`` (how long the spin before
+    each start event lasts: at least the host time of one call) before each benchmark.
+    """
 
-def cuda_event_clock() -> _Reading:
-    """pytest-benchmark ``timer`` for CUDA work: alternate calls are a round's start and end."""
-    global _pending_start
-    event = torch.cuda.Event(enable_timing=True)
-    if _pending_start is None:
-        spin(_launch_slack_s)
+    __name__ = "DeviceClock"  # what pytest-benchmark records as the timer
+
+    def __init__(self) -> None:
+        self.launch_slack_s = 0.0
+        self.pending_start: _Reading | None = None
+
+    def set_launch_slack(self, seconds: float) -> None:
+        self.launch_slack_s = max(0.0, seconds)
+        self.pending_start = None
+
+    def __call__(self) -> _Reading:
+        event = torch.cuda.Event(enable_timing=True)
+        if self.pending_start is None:
+            spin(self.launch_slack_s)
+            event.record()
+            self.pending_start = reading = _Reading(self, event)
+            return reading
         event.record()
-        _pending_start = reading = _Reading(event)
-        return reading
-    event.record()
-    return _Reading(event)
+        return _Reading(self, event)
+
+    def __repr__(self) -> str:
+        return "DeviceClock"
+
+
+def synchronized(fn: Callable[[], object] | None) -> Callable[[], None] | None:
+    """``fn`` followed by a device synchronize (wall mode: the host waits for the work it timed)."""
+    if fn is None:
+        return None
+
+    def call() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return call
+
+
+def wall_s(target: Callable[[], object], device: str) -> float:
+    """Host seconds for one call of ``target``, from a quiet device to its work finished."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    target()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+class L2Flush:
+    """Writes a buffer twice the size of the GPU's L2 cache, so a round starts with a cold cache
+    (what ``triton.testing.do_bench`` does)."""
+
+    def __init__(self, device: str = "cuda"):
+        l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 64 * 2**20
+        self.buffer = torch.empty(2 * l2_bytes // 4, dtype=torch.int32, device=device)
+
+    def __call__(self) -> None:
+        self.buffer.zero_()
+
+    def before(self, setup: Callable[[], object] | None) -> Callable[[], None]:
+        """``setup`` preceded by the flush."""
+
+        def flushed_setup() -> None:
+            self()
+            if setup is not None:
+                setup()
+
+        return flushed_setup
 
 
 def cuda_event_median_s(

@@ -23,7 +23,7 @@ TINY_HEAD_DIMS = (16,)
 PASSES = ("forward", "backward")
 TINY_GRID = ["--attn-seq-lens", ",".join(map(str, TINY_SEQ_LENS)),
              "--attn-head-dims", ",".join(map(str, TINY_HEAD_DIMS)),
-             "--attn-variants", ",".join(TINY_VARIANTS), "--attn-max-time", "0.02",
+             "--attn-variants", ",".join(TINY_VARIANTS), "--benchmark-max-time", "0.02",
              "--attn-device", "cpu"]  # the CPU grid also on a machine with a GPU
 # One thread per run: torch's thread pool fighting other processes for 2 cores stalls microsecond kernels.
 SUITE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

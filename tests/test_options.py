@@ -25,7 +25,7 @@ from attnbench.grid import (
     parse_preset,
     parse_variants,
 )
-from attnbench.runner import DEFAULT_MAX_TIME_S, DEFAULT_MIN_ROUNDS
+from attnbench.options import DEFAULT_TIMING
 
 pytest_plugins = ["pytester"]
 
@@ -39,8 +39,8 @@ def test_backward(benchmark, attn_runner):
 """
 PASSES = 2
 #: the smallest grid that runs: one cell per variant.
-TINY = ["--attn-device", "cpu", "--attn-seq-lens", "32", "--attn-head-dims", "16", "--attn-max-time", "0.001",
-        "--attn-min-rounds", "1"]
+TINY = ["--attn-device", "cpu", "--attn-seq-lens", "32", "--attn-head-dims", "16", "--benchmark-max-time", "0.001",
+        "--benchmark-min-rounds", "1"]
 CELL_ID = re.compile(r"\[(?P<variant>\w+)-s(?P<seq>\d+)-d(?P<dim>\d+)-b(?P<batch>\d+)-h(?P<heads>\d+)-(?P<dtype>\w+)-"
                      r"(?P<mask>full|causal)\]")
 
@@ -168,8 +168,10 @@ def test_parse_percent():
     ("--attn-seq-lens", "0", "0 is not positive"),
     ("--attn-causal", "maybe", "'maybe' is not a causal flag"),
     ("--attn-preset", "huge", "unknown preset 'huge'"),
-    ("--attn-max-time", "-1", "positive number of seconds"),
     ("--attn-batch", "2,4", "expected one positive integer"),
+    ("--attn-timing", "gpu", "unknown timing mode 'gpu'; allowed: device, wall, cudagraph"),
+    ("--benchmark-max-time", "nan", "expected a positive, finite number of seconds"),
+    ("--benchmark-max-time", "inf", "expected a positive, finite number of seconds"),
 ])
 def test_bad_cli_value_is_a_usage_error(suite, option, value, message):
     result = run(suite, "--collect-only", option, value)
@@ -178,6 +180,16 @@ def test_bad_cli_value_is_a_usage_error(suite, option, value, message):
     )
     stderr = result.stderr.str()
     assert option in stderr and message in stderr, f"stderr should name {option} and say {message!r}:\n{stderr}"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--attn-timing", "cudagraph"], "--attn-timing cudagraph needs CUDA"),
+    (["--attn-flush-l2"], "--attn-flush-l2 flushes a GPU's L2 cache and needs CUDA"),
+])
+def test_gpu_only_timing_on_cpu_is_a_usage_error(suite, args, message):
+    result = run(suite, "--collect-only", "--attn-device", "cpu", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, f"{args} on CPU should be a usage error, got {result.ret}"
+    assert message in result.stderr.str(), result.stderr.str()
 
 
 def test_ini_twin_sets_the_grid(suite):
@@ -221,12 +233,13 @@ def test_options_and_defaults_in_help(suite):
     assert result.ret == pytest.ExitCode.OK
     text = " ".join(result.stdout.str().split())  # help wraps lines
     for option in ("preset", "device", "variants", "seq-lens", "head-dims", "batch", "heads", "dtypes", "causal",
-                   "max-time", "min-rounds", "memory-compare-fail", "timing-check"):
+                   "timing", "flush-l2", "memory-compare-fail", "timing-check"):
         assert f"--attn-{option}" in text, f"--attn-{option} missing from --help"
-    for default in (f"(default: {DEFAULT_MAX_TIME_S})", f"(default: {DEFAULT_MIN_ROUNDS})",
-                    "(default: seed on CUDA, cpu-small on CPU)", "(default: auto = cuda when available)"):
+    for default in (f"(default: {DEFAULT_TIMING})", "(default: seed on CUDA, cpu-small on CPU)",
+                    "(default: auto = cuda when available)"):
         assert default in text, f"--help should show {default!r}"
-    for ini_key in ("attn_seq_lens", "attn_head_dims", "attn_dtypes", "attn_variants", "attn_preset"):
+    for ini_key in ("attn_seq_lens", "attn_head_dims", "attn_dtypes", "attn_variants", "attn_preset", "attn_timing",
+                    "attn_flush_l2"):
         assert ini_key in text, f"ini twin {ini_key} missing from --help"
 
 

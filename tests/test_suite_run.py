@@ -18,14 +18,11 @@ import torch
 from suite_runs import PASSES, REPO_ROOT, TINY_GRID, TINY_HEAD_DIMS, TINY_SEQ_LENS, TINY_VARIANTS, tiny_suite_run
 
 from attention_impls import VARIANTS
-from attnbench.grid import Cell
+from attnbench import record
+from attnbench.grid import AXES, Cell, cell_key
 from attnbench.memory_model import predict
-from attnbench.plugin import JSON_SCHEMA_VERSION
-from attnbench.runner import OOM_SAFETY_FRACTION, CellRunner, parse_plants
-
-EXTRA_INFO_KEYS = {"variant", "pass", "seq_len", "head_dim", "batch", "heads", "dtype", "causal", "device", "flops",
-                   "tflops", "saved_nxn", "saved_bytes", "predicted_before_backward_bytes", "predicted_peak_bytes"}
-CELL_FIELDS = ("variant", "seq_len", "head_dim", "batch", "heads", "dtype", "causal", "device")
+from attnbench.plants import Plant, parse_plants
+from attnbench.runner import CPU_OOM_SAFETY_FRACTION, OOM_SAFETY_FRACTION, CellRunner
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +30,8 @@ def run_data(tmp_path_factory) -> dict:
     return tiny_suite_run(tmp_path_factory).data()
 
 
-def cell_of(info: dict) -> Cell:
-    return Cell(**{k: info[k] for k in CELL_FIELDS})
+def cell_of(params: dict) -> Cell:
+    return Cell(device="cpu", **{k: params[k] for k in AXES})
 
 
 def expected_keys() -> set[str]:
@@ -44,62 +41,93 @@ def expected_keys() -> set[str]:
 def test_json_has_the_attnbench_section(run_data):
     section = run_data.get("attnbench")
     assert section is not None, f"no 'attnbench' key in the saved JSON (keys: {sorted(run_data)})"
-    assert section["schema_version"] == JSON_SCHEMA_VERSION
-    assert (section["device"], section["preset"], section["plants"]) == ("cpu", "cpu-small", {})
-    cells = {c["key"]: c for c in section["cells"]}
+    assert set(section) == set(record.RUN_KEYS), f"the run's section holds {sorted(section)}"
+    assert section["schema_version"] == record.SCHEMA_VERSION
+    assert (section["preset"], section["plants"], section["timing"]) == (
+        "cpu-small", {}, {"mode": "device", "flush_l2": False})
+    assert (section["complete"], section["stop_reason"]) == (True, ""), "an uninterrupted run is complete"
+    cells = {cell_key(c): c for c in section["cells"]}
     assert set(cells) == expected_keys(), f"expected one record per cell of the tiny grid, got {sorted(cells)}"
     for key, c in cells.items():
+        assert set(c) <= set(record.CELL_KEYS), f"{key}: undocumented keys {sorted(set(c) - set(record.CELL_KEYS))}"
         assert c["status"] == "ok" and c["message"] == "", f"{key}: expected status ok, got {c['status']}"
         assert c["saved_nxn"] == VARIANTS[c["variant"]].saved_nxn, f"{key}: census n×n count vs the registry"
-        assert set(c["timings"]) == set(PASSES) and all(t["median_s"] > 0 for t in c["timings"].values()), (
-            f"{key}: expected a positive median for both passes, got {c['timings']}"
-        )
 
 
-def test_every_benchmark_carries_the_documented_extra_info(run_data):
+def test_params_are_the_cells_axes_as_plain_scalars(run_data):
+    for b in run_data["benchmarks"]:
+        params = b["params"]
+        assert list(params) == list(AXES), f"{b['name']}: params {params} should be the grid's axes"
+        assert all(isinstance(v, (str, int, bool)) for v in params.values()), f"{b['name']}: {params}"
+        assert b["param"] == cell_key(params) and b["name"] == f"test_{b['extra_info']['pass']}[{b['param']}]"
+
+
+def test_each_fact_is_written_once(run_data):
+    """A pass's numbers in its benchmark entry; the cell's facts only in the cell's record."""
     benchmarks = run_data["benchmarks"]
     assert len(benchmarks) == len(expected_keys()) * len(PASSES)
-    records = {c["key"]: c for c in run_data["attnbench"]["cells"]}
+    records = {cell_key(c): c for c in run_data["attnbench"]["cells"]}
     for b in benchmarks:
         info = b["extra_info"]
-        missing = EXTRA_INFO_KEYS - set(info)
-        assert not missing, f"{b['name']}: extra_info lacks {sorted(missing)}"
-        cell = cell_of(info)
-        assert b["name"] == f"test_{info['pass']}[{cell.key}]", f"{b['name']}: extra_info describes {cell.key}"
-        assert info["device"] == "cpu" and info["dtype"] == "fp32" and info["causal"] is False
-        assert info["saved_nxn"] == VARIANTS[cell.variant].saved_nxn, f"{b['name']}: saved_nxn vs the registry"
-        forward_flops = 4 * cell.batch * cell.heads * cell.seq_len ** 2 * cell.head_dim
-        expected_flops = forward_flops if info["pass"] == "forward" else 2.5 * forward_flops
-        assert info["flops"] == expected_flops, f"{b['name']}: expected {expected_flops} flops, got {info['flops']}"
-        assert info["tflops"] == pytest.approx(info["flops"] / b["stats"]["median"] / 1e12, rel=1e-9)
+        assert set(info) <= set(record.PASS_KEYS), f"{b['name']}: extra_info holds {sorted(info)}"
+        assert {"pass", "flops", "warmup_wall_s"} <= set(info), f"{b['name']}: extra_info lacks a pass fact: {info}"
+        cell = cell_of(b["params"])
+        expected_flops = cell.forward_flops() if info["pass"] == "forward" else 2.5 * cell.forward_flops()
+        assert info["flops"] == expected_flops == 4 * 2.0 * 2 * cell.seq_len ** 2 * cell.head_dim * (
+            1 if info["pass"] == "forward" else 2.5), f"{b['name']}: expected {expected_flops} flops"
         prediction = predict(cell.variant, batch=cell.batch, heads=cell.heads, seq_len=cell.seq_len,
                              head_dim=cell.head_dim, dtype=cell.torch_dtype, causal=cell.causal)
-        assert info["saved_bytes"] == prediction.saved_bytes == records[cell.key]["saved_bytes"], (
-            f"{b['name']}: census saved bytes {info['saved_bytes']}, memory model {prediction.saved_bytes}"
+        rec = records[cell.key]
+        assert rec["saved_bytes"] == prediction.saved_bytes, (
+            f"{cell.key}: census saved bytes {rec['saved_bytes']}, memory model {prediction.saved_bytes}"
         )
-        assert info["predicted_before_backward_bytes"] == prediction.before_backward_bytes
-        assert info["predicted_peak_bytes"] == prediction.peak_bytes
-        assert records[cell.key]["timings"][info["pass"]]["median_s"] == b["stats"]["median"], (
-            f"{b['name']}: the cell record's median should be the benchmark's"
-        )
+        assert (rec["predicted_before_backward_bytes"], rec["predicted_peak_bytes"]) == (
+            prediction.before_backward_bytes, prediction.peak_bytes)
+
+
+def test_the_reader_gives_back_what_was_written(run_data, tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run_data))
+    run = record.load(path)
+    assert (run.device, run.preset, run.timing, run.complete) == ("cpu", "cpu-small", record.Timing(), True)
+    assert set(run.cells) == expected_keys()
+    by_name = {b["fullname"]: b for b in run_data["benchmarks"]}
+    for key, rec in run.cells.items():
+        assert set(rec.passes) == set(PASSES), f"{key}: both passes should be attached to the cell"
+        for result in rec.passes.values():
+            assert result.median_s == by_name[result.name]["stats"]["median"]
+            assert result.tflops == pytest.approx(result.flops / result.median_s / 1e12)
 
 
 def test_groups_put_the_variants_of_one_shape_side_by_side(run_data):
     groups = defaultdict(list)
     for b in run_data["benchmarks"]:
-        groups[b["group"]].append(b["extra_info"])
+        groups[b["group"]].append(b)
     assert len(groups) == len(TINY_SEQ_LENS) * len(TINY_HEAD_DIMS), f"expected one group per shape: {list(groups)}"
-    for group, infos in groups.items():
-        shapes = {(i["seq_len"], i["head_dim"], i["batch"], i["heads"], i["dtype"], i["causal"]) for i in infos}
+    for group, members in groups.items():
+        shapes = {tuple(v for k, v in b["params"].items() if k != "variant") for b in members}
         assert len(shapes) == 1, f"group {group!r} mixes shapes {shapes}"
-        assert group == cell_of(infos[0]).group
-        assert sorted((i["variant"], i["pass"]) for i in infos) == sorted(
+        assert group == cell_of(members[0]["params"]).group
+        assert sorted((b["params"]["variant"], b["extra_info"]["pass"]) for b in members) == sorted(
             (v, p) for v in TINY_VARIANTS for p in PASSES), f"group {group!r} should hold every variant and pass"
 
 
-def test_machine_info_has_the_environment(run_data):
-    env = run_data["machine_info"].get("attnbench", {}).get("env", {})
-    assert env.get("torch") == torch.__version__, f"machine_info.attnbench.env should record torch, got {env}"
+def test_machine_info_records_the_device_measured(run_data):
+    section = run_data["machine_info"].get("attnbench", {})
+    env = section.get("env", {})
+    assert set(env) == set(record.ENV_KEYS), f"env holds {sorted(env)}"
+    assert env["torch"] == torch.__version__, f"machine_info.attnbench.env should record torch, got {env}"
+    # the tiny grid runs with --attn-device cpu, also on a machine with a GPU: no GPU is recorded for it
+    assert (env["device"], env["gpu_name"], env["driver"]) == ("cpu", None, None), env
+    assert "gpu_start" not in section, "a CPU run samples no GPU"
+
+
+def test_pytest_benchmark_records_the_round_options_it_used(run_data):
+    options = run_data["benchmarks"][0]["options"]
+    assert (options["max_time"], options["min_rounds"]) == (0.02, 10), (
+        f"the suite's rounds come from --benchmark-max-time/--benchmark-min-rounds, saved as used: {options}"
+    )
+    assert all(10 <= b["stats"]["rounds"] <= 100 for b in run_data["benchmarks"])
 
 
 # -- OOM: recorded, reported, and the grid goes on
@@ -170,13 +198,12 @@ def test_oom_cells_are_skipped_with_the_reason(oom_run):
 
 def test_oom_cells_are_saved_and_the_rest_of_the_grid_ran(oom_run):
     _, output, data = oom_run
-    cells = {c["key"]: c for c in data["attnbench"]["cells"]}
+    cells = {cell_key(c): c for c in data["attnbench"]["cells"]}
     assert set(cells) == expected_keys(), f"every cell, OOM or not, should have a record: {sorted(cells)}"
     for key, c in cells.items():
         expected = OOM_EXPECTED.get(key, ("ok", ""))
         assert (c["status"], c["message"]) == expected, f"{key}: expected {expected}, got {c['status'], c['message']}"
-    saved = {(b["extra_info"]["variant"], b["extra_info"]["seq_len"], b["extra_info"]["pass"])
-             for b in data["benchmarks"]}
+    saved = {(b["params"]["variant"], b["params"]["seq_len"], b["extra_info"]["pass"]) for b in data["benchmarks"]}
     expected_saved = {(v, s, p) for v in TINY_VARIANTS for s in TINY_SEQ_LENS for p in PASSES} - {
         ("naive", 64, "forward"), ("naive", 64, "backward"), ("tiled", 64, "forward"), ("tiled", 64, "backward"),
         ("weights_only", 64, "backward")}
@@ -201,14 +228,14 @@ def test_probe_predicts_oom_on_a_cuda_cell_without_touching_the_device(monkeypat
     free = int(peak / OOM_SAFETY_FRACTION) - 1  # just too little: the safety margin is part of the rule
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args: (free, 2 * free))
     monkeypatch.setattr("attnbench.runner.release_memory", lambda: None)
-    runner = CellRunner(cell, max_time_s=0.01, min_rounds=1, timing_check=False, plants={})
+    runner = CellRunner(cell, max_time_s=0.01, min_rounds=1)
     with pytest.raises(pytest.skip.Exception, match="oom-predicted: predicted peak"):
         runner.ensure_probed()
     rec = runner.record
     assert rec.status == "oom-predicted", f"expected oom-predicted, got {rec.status}: {rec.message}"
-    assert (rec.free_bytes, rec.predicted_peak_bytes) == (free, peak)
+    assert (rec.memory["free_bytes"], rec.memory["predicted_peak_bytes"]) == (free, peak)
     assert f"{free / 2**20:.0f} MiB free" in rec.message, rec.message
-    assert rec.as_dict()["status"] == "oom-predicted" and rec.as_dict()["key"] == cell.key
+    assert record.cell_section(rec)["status"] == "oom-predicted"
     with pytest.raises(pytest.skip.Exception, match="oom-predicted"):
         runner.ensure_probed()  # the verdict is kept: the backward benchmark of the cell skips too
 
@@ -219,15 +246,44 @@ def test_probe_predicts_oom_on_a_cuda_cell_without_touching_the_device(monkeypat
 @pytest.mark.parametrize(("text", "expected"), [
     (None, {}),
     ("", {}),
-    ("slow:torch_softmax:0.15", {"torch_softmax": {"slow": 0.15}}),
-    ("extra_nxn:weights_only", {"weights_only": {"extra_nxn": 1}}),
-    ("slow:naive:3, extra_nxn:naive", {"naive": {"slow": 3.0, "extra_nxn": 1}}),
+    ("slow:torch_softmax:0.15", {"torch_softmax": Plant(slow=0.15)}),
+    ("extra_nxn:weights_only", {"weights_only": Plant(extra_nxn=True)}),
+    ("slow:naive:3, extra_nxn:naive", {"naive": Plant(slow=3.0, extra_nxn=True)}),
 ])
 def test_parse_plants_accepts(text, expected):
     assert parse_plants(text) == expected
 
 
-@pytest.mark.parametrize("text", ["slow:naive", "slow:naive:lots", "extra_nxn", "fast:naive:1", "extra_nxn:a:b"])
+@pytest.mark.parametrize("text", ["slow:naive", "slow:naive:lots", "slow:naive:nan", "slow:naive:-1", "extra_nxn",
+                                  "fast:naive:1", "extra_nxn:a:b"])
 def test_parse_plants_rejects_naming_the_forms(text):
     with pytest.raises(ValueError, match="expected slow:VARIANT:FRACTION or extra_nxn:VARIANT"):
         parse_plants(text)
+
+
+def test_cpu_cell_is_predicted_against_available_ram(monkeypatch):
+    cell = Cell(variant="naive", seq_len=4096, head_dim=64, batch=8, heads=4, dtype="fp32", causal=False,
+                device="cpu")
+    peak = predict("naive", batch=8, heads=4, seq_len=4096, head_dim=64, dtype=torch.float32).peak_bytes
+    available = int(peak / CPU_OOM_SAFETY_FRACTION) - 1
+    monkeypatch.setattr("attnbench.runner.available_host_memory_bytes", lambda: available)
+    runner = CellRunner(cell, max_time_s=0.01, min_rounds=1)
+    with pytest.raises(pytest.skip.Exception, match="oom-predicted: predicted peak .* of RAM available"):
+        runner.ensure_probed()
+    assert runner.record.memory["free_bytes"] == available
+
+
+def test_a_cell_too_large_for_this_machine_is_recorded_as_oom_and_the_run_goes_on(tmp_path):
+    """seq_len 100000 of naive needs ~160 GB of n×n tensors: predicted, never allocated (no OOM killer)."""
+    json_path = tmp_path / "huge.json"
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", "-rs",
+           f"--benchmark-json={json_path}", "--attn-device", "cpu", "--attn-variants", "naive",
+           "--attn-seq-lens", "32,100000", "--attn-head-dims", "16", "--benchmark-max-time", "0.01"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"an OOM cell must not fail the run:\n{output[-3000:]}"
+    cells = {cell_key(c): c for c in json.loads(json_path.read_text())["attnbench"]["cells"]}
+    huge = cells["naive-s100000-d16-b2-h2-fp32-full"]
+    assert huge["status"] == "oom-predicted" and "of RAM available" in huge["message"], huge
+    assert cells["naive-s32-d16-b2-h2-fp32-full"]["status"] == "ok"

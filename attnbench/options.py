@@ -1,0 +1,99 @@
+"""The ``--attn-*`` options: one table of name, parser, metavar and help; each has an ini twin ``attn_NAME``.
+
+Round counts and time budgets are pytest-benchmark's own options (``--benchmark-max-time``,
+``--benchmark-min-rounds``); this project's defaults for them live in ``pyproject.toml``'s ``addopts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from .grid import (
+    DEFAULT_CPU_PRESET,
+    DEFAULT_CUDA_PRESET,
+    DTYPES,
+    PRESETS,
+    parse_causal,
+    parse_device,
+    parse_dtypes,
+    parse_percent,
+    parse_positive_int,
+    parse_positive_ints,
+    parse_preset,
+    parse_variants,
+)
+from .timing import TIMING_MODES
+
+DEFAULT_TIMING = "device"
+
+
+def parse_timing(text: str) -> str:
+    """A timing mode: device, wall or cudagraph."""
+    if text not in TIMING_MODES:
+        raise argparse.ArgumentTypeError(f"unknown timing mode {text!r}; allowed: {', '.join(TIMING_MODES)}")
+    return text
+
+
+# (name, parser, metavar, help). Each is a CLI option --attn-NAME and an ini key attn_NAME.
+VALUE_OPTIONS = [
+    ("preset", parse_preset, "NAME",
+     f"named grid: {', '.join(PRESETS)} (default: {DEFAULT_CUDA_PRESET} on CUDA, {DEFAULT_CPU_PRESET} on CPU)"),
+    ("device", parse_device, "DEVICE", "where to run: auto, cuda or cpu (default: auto = cuda when available)"),
+    ("variants", parse_variants, "NAMES",
+     "comma-separated variants, or all (default: every variant available on the device and dtype)"),
+    ("seq-lens", parse_positive_ints, "N,N", "sequence lengths (default: the preset's)"),
+    ("head-dims", parse_positive_ints, "D,D", "head dimensions (default: the preset's)"),
+    ("batch", parse_positive_int, "B", "batch size (default: the preset's)"),
+    ("heads", parse_positive_int, "H", "number of heads (default: the preset's)"),
+    ("dtypes", parse_dtypes, "DT,DT", f"dtypes among {', '.join(DTYPES)} (default: the preset's)"),
+    ("causal", parse_causal, "BOOL,BOOL", "false, true or false,true (default: the preset's)"),
+    ("timing", parse_timing, "MODE",
+     f"{', '.join(TIMING_MODES)}: the GPU's execution (host launches hidden), host wall clock with a "
+     f"synchronize (launches included), or CUDA-graph replay (default: {DEFAULT_TIMING})"),
+    ("memory-compare-fail", parse_percent, "PCT",
+     "fail when a cell's saved bytes, memory before backward or peak grows by more than PCT%% against "
+     "--benchmark-compare's run, or a cell measured there is not measured now (default: off)"),
+]
+# (name, help): flags, off by default.
+FLAG_OPTIONS = [
+    ("flush-l2", "before every timed round, write a buffer twice the GPU's L2 cache, as "
+                 "triton.testing.do_bench does (CUDA only; default: off)"),
+    ("timing-check", "also time every CUDA benchmark with plain CUDA events and save it as "
+                     "extra_info.event_median_s (default: off)"),
+]
+
+
+def dest(name: str) -> str:
+    return "attn_" + name.replace("-", "_")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the ``--attn-*`` options and their ini twins."""
+    group = parser.getgroup("attnbench", "attnbench: attention benchmark grid")
+    for name, parse, metavar, help_text in VALUE_OPTIONS:
+        group.addoption(f"--attn-{name}", dest=dest(name), type=parse, metavar=metavar, default=None, help=help_text)
+        parser.addini(dest(name), help=help_text.replace("%%", "%"), type="string", default="")
+    for name, help_text in FLAG_OPTIONS:
+        group.addoption(f"--attn-{name}", dest=dest(name), action="store_true", default=None, help=help_text)
+        parser.addini(dest(name), help=help_text, type="bool", default=False)
+
+
+def resolve(config: pytest.Config) -> dict:
+    """Every option's value: the command line, else its ini twin, else None (flags: False)."""
+    values = {}
+    for name, parse, _, _ in VALUE_OPTIONS:
+        value = config.getoption(dest(name))
+        if value is None:
+            raw = config.getini(dest(name))
+            if raw:
+                try:
+                    value = parse(raw)
+                except argparse.ArgumentTypeError as exc:
+                    raise pytest.UsageError(f"ini option {dest(name)} = {raw!r}: {exc}") from None
+        values[name] = value
+    for name, _ in FLAG_OPTIONS:
+        value = config.getoption(dest(name))
+        values[name] = bool(config.getini(dest(name))) if value is None else value
+    return values

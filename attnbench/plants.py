@@ -1,0 +1,103 @@
+"""Planted regressions, for proving that the gates catch what they claim to catch.
+
+Loaded only when ``ATTNBENCH_PLANT`` is set; the measuring path never imports this module otherwise.
+A plant names a variant and what to do to it::
+
+    ATTNBENCH_PLANT="slow:torch_softmax:0.15,extra_nxn:weights_only"
+
+    slow:VARIANT:FRACTION   every timed call spends FRACTION × its own median more (GPU spin, or host
+                            busy-wait on CPU)
+    extra_nxn:VARIANT       the forward keeps one more n×n tensor for backward
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+PLANT_ENV = "ATTNBENCH_PLANT"
+FORMS = "slow:VARIANT:FRACTION or extra_nxn:VARIANT"
+
+
+@dataclass
+class Plant:
+    """What is planted in one variant."""
+
+    slow: float = 0.0
+    extra_nxn: bool = False
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in (("slow", self.slow), ("extra_nxn", 1 if self.extra_nxn else 0)) if v}
+
+    def wrap_attention(self, attention: Callable) -> Callable:
+        """``attention`` that also keeps an extra n×n tensor for backward, when planted."""
+        if not self.extra_nxn:
+            return attention
+
+        def with_extra(q, k, v):
+            out = attention(q, k, v)
+            extra = torch.empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2], device=q.device, dtype=q.dtype)
+            return _KeepExtraNxN.apply(out, extra)
+
+        return with_extra
+
+    def slow_target(self, target: Callable[[], object], median_s: Callable[[], float], device: str) -> Callable:
+        """``target`` made slower by ``slow`` × its median (``median_s()`` measures it), when planted."""
+        if not self.slow:
+            return target
+        extra_s = self.slow * median_s()
+
+        def slowed():
+            target()
+            _burn(device, extra_s)
+
+        return slowed
+
+
+def parse_plants(text: str | None) -> dict[str, Plant]:
+    """``ATTNBENCH_PLANT`` -> {variant: Plant}; empty when unset; ValueError naming the forms otherwise."""
+    plants: dict[str, Plant] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        parts = item.split(":")
+        if parts[0] == "slow" and len(parts) == 3:
+            try:
+                fraction = float(parts[2])
+            except ValueError:
+                fraction = float("nan")
+            if not fraction > 0 or fraction == float("inf"):
+                raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; FRACTION must be a positive number; "
+                                 f"expected {FORMS}")
+            plants.setdefault(parts[1], Plant()).slow = fraction
+        elif parts[0] == "extra_nxn" and len(parts) == 2:
+            plants.setdefault(parts[1], Plant()).extra_nxn = True
+        else:
+            raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; expected {FORMS}")
+    return plants
+
+
+class _KeepExtraNxN(torch.autograd.Function):
+    """Pass ``out`` through and keep ``extra`` for backward."""
+
+    @staticmethod
+    def forward(ctx, out, extra):
+        ctx.save_for_backward(extra)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _burn(device: str, seconds: float) -> None:
+    """Spend ``seconds`` more on the device (or the host, on CPU)."""
+    if device == "cuda":
+        from .timing import spin
+
+        spin(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass

@@ -1,0 +1,464 @@
+"""The saved run: one typed model, one writer, one reader. No other module knows the JSON's keys.
+
+A run is the JSON pytest-benchmark saves (``--benchmark-autosave``, ``--benchmark-json``), with
+attnbench's facts added where they belong, each written once (schema 2)::
+
+    benchmarks[]                one entry per (cell, pass), written by pytest-benchmark
+      .params                   the cell's axes as plain scalars (grid.AXES), from pytest's parametrization
+      .stats                    pytest-benchmark's statistics of the timed rounds
+      .extra_info               the pass's own facts (PASS_KEYS): pass, flops, and the checks that ran
+    attnbench                   the run's own facts (RUN_KEYS) and one record per cell (CELL_KEYS)
+    machine_info.attnbench      env (versions, the device measured, its identity), GPU samples, flags
+
+:func:`load` reads schema 2 and schema 1 (the runs saved before; their cell facts were copied into
+every benchmark's extra_info) into the same :class:`Run`, and refuses with :class:`RunError`,
+naming the entry and the field, what it cannot trust: an unknown schema, a missing or non-numeric
+figure, a benchmark without its cell. It never guesses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .grid import AXES, DTYPES, Cell, cell_key
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+DEFAULT_STORAGE = ".benchmarks"
+
+PASSES = ("forward", "backward")
+#: ok: measured; oom-*: does not fit (predicted before running, or the allocator failed);
+#: capture-failed: the variant cannot be captured in a CUDA graph (timing mode cudagraph);
+#: pending: the run stopped before the cell finished.
+STATUSES = ("ok", "oom-predicted", "oom-measured", "capture-failed", "pending")
+TIMING_MODES = ("device", "wall", "cudagraph")
+#: a cell's memory figures: census, memory model, and on CUDA the allocator's.
+MEMORY_KEYS = ("saved_nxn", "saved_bytes", "predicted_before_backward_bytes", "predicted_peak_bytes",
+               "mem_before_backward_bytes", "peak_bytes", "free_bytes")
+#: figures every measured cell has, and those a measured CUDA cell has too.
+REQUIRED_MEMORY = ("saved_nxn", "saved_bytes", "predicted_before_backward_bytes", "predicted_peak_bytes")
+REQUIRED_CUDA_MEMORY = ("mem_before_backward_bytes", "peak_bytes")
+#: a pass's own facts in its benchmark's extra_info (the optional ones only when measured).
+PASS_KEYS = ("pass", "flops", "warmup_wall_s", "event_median_s", "launch_slack_s")
+OPTIONAL_PASS_KEYS = ("warmup_wall_s", "event_median_s", "launch_slack_s")
+#: pytest-benchmark statistics a reader relies on.
+REQUIRED_STATS = ("min", "max", "mean", "median", "q1", "q3", "iqr")
+#: keys of the run's attnbench section, and of each cell record in it.
+RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_reason", "cells")
+CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS)
+#: keys of machine_info.attnbench.env.
+ENV_KEYS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "python", "gpu_memory_bytes", "sm_count")
+
+RUN_HINT = "pass the JSON written by `pytest benchmarks --benchmark-autosave` (under .benchmarks/) or --benchmark-json"
+
+
+class RunError(Exception):
+    """A run file that cannot be used; the message names the file, the entry and the field."""
+
+
+# -- the model
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How the run's rounds were timed (runs of different timings do not compare)."""
+
+    mode: str = "device"
+    flush_l2: bool = False
+
+    def describe(self) -> str:
+        return self.mode + (" + L2 flushed" if self.flush_l2 else "")
+
+
+@dataclass
+class PassResult:
+    """One benchmark: a pass of a cell, its statistics and its own facts."""
+
+    name: str  # pytest-benchmark's fullname
+    pass_name: str
+    stats: dict
+    flops: float
+    checks: dict = field(default_factory=dict)  # OPTIONAL_PASS_KEYS that were measured
+
+    @property
+    def median_s(self) -> float:
+        return self.stats["median"]
+
+    @property
+    def tflops(self) -> float:
+        return self.flops / self.median_s / 1e12
+
+    @property
+    def short_name(self) -> str:
+        """'benchmarks/test_forward.py::test_forward[naive-…]' -> 'test_forward[naive-…]'."""
+        return self.name.rsplit("::", 1)[-1]
+
+
+@dataclass
+class CellRecord:
+    """What a run learned about one cell: its status, memory figures, and its passes' results."""
+
+    cell: Cell
+    status: str = "pending"
+    message: str = ""
+    memory: dict[str, int] = field(default_factory=dict)
+    passes: dict[str, PassResult] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.cell.key
+
+    def median_s(self, pass_name: str) -> float | None:
+        result = self.passes.get(pass_name)
+        return result.median_s if result else None
+
+    @property
+    def is_oom(self) -> bool:
+        return self.status.startswith("oom")
+
+
+@dataclass
+class Run:
+    """A saved run, read and checked: the run's facts, and its cells by key in the run's order."""
+
+    path: Path | None
+    schema_version: int
+    preset: str
+    device: str
+    timing: Timing
+    plants: dict
+    complete: bool
+    stop_reason: str
+    env: dict
+    machine: dict  # machine_info.attnbench: env, gpu_start, gpu_end, flags
+    cells: dict[str, CellRecord]
+    commit: dict
+    datetime: str
+    cpu_brand: str
+    other_benchmarks: int = 0
+
+    @property
+    def device_label(self) -> str:
+        """The GPU's name for a run on CUDA; "CPU (brand)" for a run on the CPU."""
+        if self.device == "cuda" and self.env.get("gpu_name"):
+            return self.env["gpu_name"]
+        return f"CPU ({self.cpu_brand})"
+
+    @property
+    def flags(self) -> list[str]:
+        return list(self.machine.get("flags") or [])
+
+    @property
+    def label(self) -> str:
+        """File, date and commit, for headers."""
+        parts = [self.datetime[:19]] if self.datetime else []
+        if self.commit.get("id"):
+            parts.append(f"commit {str(self.commit['id'])[:10]}{' (uncommitted changes)' if self.commit.get('dirty') else ''}")
+        name = self.path.name if self.path else "current run"
+        return f"`{name}`" + (f" ({', '.join(parts)})" if parts else "")
+
+    def passes(self) -> dict[tuple[str, str], PassResult]:
+        """Every benchmark by (cell key, pass)."""
+        return {(key, p): result for key, rec in self.cells.items() for p, result in rec.passes.items()}
+
+    @property
+    def pending(self) -> list[str]:
+        return [key for key, rec in self.cells.items() if rec.status == "pending"]
+
+
+# -- the writer
+
+
+def pass_extra_info(pass_name: str, flops: float, **checks: float) -> dict:
+    """A benchmark's ``extra_info``: its pass, its FLOPs, and whichever of OPTIONAL_PASS_KEYS were measured."""
+    unknown = set(checks) - set(OPTIONAL_PASS_KEYS)
+    if unknown:
+        raise ValueError(f"unknown pass facts {sorted(unknown)}; allowed: {', '.join(OPTIONAL_PASS_KEYS)}")
+    return {"pass": pass_name, "flops": flops, **{k: v for k, v in checks.items() if v is not None}}
+
+
+def cell_section(rec: CellRecord) -> dict:
+    """One cell's record under ``attnbench.cells``."""
+    return {**rec.cell.params(), "status": rec.status, "message": rec.message,
+            **{k: rec.memory[k] for k in MEMORY_KEYS if rec.memory.get(k) is not None}}
+
+
+def run_section(*, preset: str, timing: Timing, plants: dict, complete: bool, stop_reason: str,
+                cells: list[CellRecord]) -> dict:
+    """The run's ``attnbench`` section."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "preset": preset,
+        "timing": {"mode": timing.mode, "flush_l2": timing.flush_l2},
+        "plants": plants,
+        "complete": complete,
+        "stop_reason": stop_reason,
+        "cells": [cell_section(rec) for rec in cells],
+    }
+
+
+def machine_section(env: dict, *, gpu_start: dict | None = None, gpu_end: dict | None = None,
+                    flags: list[str] | None = None) -> dict:
+    """``machine_info.attnbench``: the environment, and on CUDA the GPU's state at start and end."""
+    section: dict = {"env": {k: env.get(k) for k in ENV_KEYS}}
+    if gpu_start is not None:
+        section.update(gpu_start=gpu_start, gpu_end=gpu_end, flags=list(flags or []))
+    return section
+
+
+def write_json_atomically(path: Path, data: dict, *, exclusive: bool = False) -> None:
+    """Write ``data`` as JSON with :func:`write_atomically`."""
+    text = json.dumps(data, indent=4, ensure_ascii=True, default=_unserializable)
+    write_atomically(path, text.encode(), exclusive=exclusive)
+
+
+def write_atomically(path: Path, content: bytes, *, exclusive: bool = False) -> None:
+    """Write ``content`` to a temporary file beside ``path``, then move it into place in one step.
+
+    A reader never sees half a file. With ``exclusive``, an existing ``path`` is never replaced:
+    FileExistsError instead (two runs that picked the same name cannot overwrite each other).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        if exclusive:
+            os.link(tmp, path)  # fails when path exists; rename would replace it
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _unserializable(value) -> str:
+    return f"UNSERIALIZABLE[{value!r}]"
+
+
+# -- the reader
+
+
+def newest_run(storage: str | Path = DEFAULT_STORAGE) -> Path:
+    """The newest numbered run under ``storage``, in pytest-benchmark's own order (by file name).
+
+    Runs saved incomplete (``incomplete_*.json``) are never picked.
+    """
+    runs = sorted(Path(storage).glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=lambda p: (p.name, p.parent))
+    if not runs:
+        raise RunError(
+            f"no saved runs under {storage}/; run `pytest benchmarks --benchmark-autosave` first, or pass RUN.json"
+        )
+    return runs[-1]
+
+
+def read_json(path: str | Path, role: str = "run") -> dict:
+    """A saved pytest-benchmark run as a dict; RunError naming the ``role`` and what to do otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RunError(f"{role} file {path} does not exist (no such file); {RUN_HINT}") from None
+    except IsADirectoryError:
+        raise RunError(f"{role} file {path} is a directory, not a run file; {RUN_HINT}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(f"cannot read {role} file {path}: {getattr(exc, 'strerror', None) or exc}; {RUN_HINT}") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise RunError(f"{role} file {path} is not JSON, not readable as JSON ({exc}); {RUN_HINT}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) \
+            or not isinstance(data.get("machine_info"), dict):
+        raise RunError(f"{role} file {path} is not a pytest-benchmark run (no 'benchmarks' or 'machine_info'); "
+                       f"{RUN_HINT}")
+    return data
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"it holds {name}, which is not a number a run may record")
+
+
+def load(path: str | Path, role: str = "run") -> Run:
+    """Read and check a saved run (schema 1 or 2); RunError saying what cannot be trusted."""
+    path = Path(path)
+    return parse(read_json(path, role), path=path, role=role)
+
+
+def parse(data: dict, *, path: Path | None = None, role: str = "run") -> Run:
+    """The :class:`Run` a saved run's dict describes; RunError naming what cannot be trusted."""
+    where = f"{role} file {path}" if path else role
+    section = data.get("attnbench")
+    if not isinstance(section, dict):
+        raise RunError(f"{where} has no 'attnbench' section: not a run of this suite; {RUN_HINT}")
+    version = section.get("schema_version")
+    if version not in READABLE_SCHEMAS:
+        raise RunError(f"{where}: unknown attnbench schema_version {version!r}; this attnbench reads "
+                       f"{', '.join(map(str, READABLE_SCHEMAS))} (a newer attnbench wrote it?)")
+    reader = _Reader(where, data, section, version)
+    return reader.run(path)
+
+
+class _Reader:
+    """Checks one run's JSON field by field; every complaint names the entry and the field."""
+
+    def __init__(self, where: str, data: dict, section: dict, version: int):
+        self.where, self.data, self.section, self.version = where, data, section, version
+
+    def fail(self, entry: str, problem: str):
+        raise RunError(f"{self.where}: {entry}: {problem}; the run cannot be trusted (re-run it, or pass another)")
+
+    # -- small checks
+
+    def number(self, entry: str, name: str, value, *, integer: bool = False, positive: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(entry, f"{name} is {value!r}, not a number")
+        if not math.isfinite(value):
+            self.fail(entry, f"{name} is {value}, not a finite number")
+        if integer and not isinstance(value, int) and not float(value).is_integer():
+            self.fail(entry, f"{name} is {value!r}, not an integer")
+        if value < 0 or (positive and value == 0):
+            self.fail(entry, f"{name} is {value!r}, expected {'> 0' if positive else '>= 0'}")
+        return int(value) if integer else value
+
+    def mapping(self, entry: str, name: str, value) -> dict:
+        if not isinstance(value, dict):
+            self.fail(entry, f"{name} is {'missing' if value is None else repr(value)[:60]}, expected an object")
+        return value
+
+    def cell(self, entry: str, fields: dict, device: str) -> Cell:
+        missing = [a for a in AXES if a not in fields]
+        if missing:
+            self.fail(entry, f"missing {', '.join(missing)}")
+        if not isinstance(fields["variant"], str) or not fields["variant"]:
+            self.fail(entry, f"variant is {fields['variant']!r}, expected a variant name")
+        if fields["dtype"] not in DTYPES:
+            self.fail(entry, f"dtype is {fields['dtype']!r}, expected one of {', '.join(DTYPES)}")
+        if not isinstance(fields["causal"], bool):
+            self.fail(entry, f"causal is {fields['causal']!r}, expected true or false")
+        sizes = {a: self.number(entry, a, fields[a], integer=True, positive=True)
+                 for a in ("seq_len", "head_dim", "batch", "heads")}
+        return Cell(variant=fields["variant"], dtype=fields["dtype"], causal=fields["causal"], device=device, **sizes)
+
+    def stats(self, entry: str, stats) -> dict:
+        stats = self.mapping(entry, "stats", stats)
+        for name in REQUIRED_STATS:
+            if name not in stats:
+                self.fail(entry, f"stats.{name} is missing")
+            self.number(entry, f"stats.{name}", stats[name])
+        self.number(entry, "stats.rounds", stats.get("rounds"), integer=True, positive=True)
+        data = stats.get("data")
+        if data is not None:
+            if not isinstance(data, list) or not data:
+                self.fail(entry, "stats.data is not a list of round times")
+            for value in data:
+                self.number(entry, "a value in stats.data", value)
+        return stats
+
+    # -- the run
+
+    def run(self, path: Path | None) -> Run:
+        sec = self.section
+        machine = self.data["machine_info"].get("attnbench")
+        machine = self.mapping("machine_info", "attnbench", machine)
+        env = self.mapping("machine_info.attnbench", "env", machine.get("env"))
+        if self.version == 1:
+            # schema 1 recorded the run's device in the attnbench section (env.device was the machine's)
+            device, timing, complete, stop_reason = sec.get("device"), Timing(), True, ""
+        else:
+            device = env.get("device")
+            timing_fields = self.mapping("attnbench", "timing", sec.get("timing"))
+            if timing_fields.get("mode") not in TIMING_MODES:
+                self.fail("attnbench.timing", f"mode is {timing_fields.get('mode')!r}, expected one of "
+                                              f"{', '.join(TIMING_MODES)}")
+            if not isinstance(timing_fields.get("flush_l2"), bool):
+                self.fail("attnbench.timing", "flush_l2 is not true or false")
+            timing = Timing(timing_fields["mode"], timing_fields["flush_l2"])
+            complete, stop_reason = sec.get("complete"), sec.get("stop_reason")
+            if not isinstance(complete, bool):
+                self.fail("attnbench", f"complete is {complete!r}, expected true or false")
+            stop_reason = str(stop_reason or "")
+        if device not in ("cpu", "cuda"):
+            self.fail("machine_info.attnbench.env", f"device is {device!r}, expected cpu or cuda")
+        cells = self.cells(device)
+        other = self.benchmarks(cells, device)
+        pending = [k for k, rec in cells.items() if rec.status == "pending"]
+        if pending and complete:
+            # a schema-1 run interrupted before its cells finished (schema 2 records that itself)
+            complete, stop_reason = False, stop_reason or f"{len(pending)} cell(s) never finished"
+        plants = sec.get("plants") or {}
+        commit = self.data.get("commit_info") or {}
+        cpu = (self.data["machine_info"].get("cpu") or {})
+        return Run(
+            path=path, schema_version=self.version, preset=str(sec.get("preset", "?")), device=device,
+            timing=timing, plants=plants if isinstance(plants, dict) else {}, complete=complete,
+            stop_reason=stop_reason, env={**env, "device": device}, machine=machine, cells=cells,
+            commit=commit if isinstance(commit, dict) else {}, datetime=str(self.data.get("datetime") or ""),
+            cpu_brand=str(cpu.get("brand_raw") or "unknown") if isinstance(cpu, dict) else "unknown",
+            other_benchmarks=other,
+        )
+
+    def cells(self, device: str) -> dict[str, CellRecord]:
+        records = self.section.get("cells")
+        if not isinstance(records, list):
+            self.fail("attnbench", "cells is not a list of cell records")
+        cells: dict[str, CellRecord] = {}
+        for i, fields in enumerate(records):
+            entry = f"attnbench.cells[{i}]"
+            fields = self.mapping(entry, "the record", fields)
+            cell = self.cell(entry, fields, device)
+            entry = f"cell {cell.key}"
+            if cell.key in cells:
+                self.fail(entry, "recorded twice")
+            status = fields.get("status")
+            if status not in STATUSES:
+                self.fail(entry, f"status is {status!r}, expected one of {', '.join(STATUSES)}")
+            memory = {}
+            for name in MEMORY_KEYS:
+                if fields.get(name) is not None:
+                    memory[name] = self.number(entry, name, fields[name], integer=True)
+            if status == "ok":
+                required = REQUIRED_MEMORY + (REQUIRED_CUDA_MEMORY if device == "cuda" else ())
+                missing = [name for name in required if name not in memory]
+                if missing:
+                    self.fail(entry, f"measured (status ok) but {', '.join(missing)} missing")
+            cells[cell.key] = CellRecord(cell, status, str(fields.get("message") or ""), memory)
+        return cells
+
+    def benchmarks(self, cells: dict[str, CellRecord], device: str) -> int:
+        """Attach each benchmark to its cell; returns how many benchmarks are not attnbench's."""
+        other = 0
+        for i, entry in enumerate(self.data["benchmarks"]):
+            if not isinstance(entry, dict):
+                self.fail(f"benchmarks[{i}]", "not an object")
+            name = entry.get("fullname")
+            if not isinstance(name, str) or not name:
+                self.fail(f"benchmarks[{i}]", "fullname is missing")
+            info = entry.get("extra_info")
+            info = self.mapping(f"benchmark {name}", "extra_info", info if info is not None else {})
+            if "pass" not in info:
+                other += 1  # a benchmark of another suite in the same run
+                continue
+            fields = info if self.version == 1 else entry.get("params")
+            fields = self.mapping(f"benchmark {name}", "params", fields)
+            key = cell_key(self.cell(f"benchmark {name}", fields, device).params())
+            pass_name = info["pass"]
+            if pass_name not in PASSES:
+                self.fail(f"benchmark {name}", f"pass is {pass_name!r}, expected one of {', '.join(PASSES)}")
+            rec = cells.get(key)
+            if rec is None:
+                self.fail(f"benchmark {name}", f"its cell {key} has no record under attnbench.cells")
+            if pass_name in rec.passes:
+                self.fail(f"benchmark {name}", f"a second {pass_name} result for cell {key}")
+            stats = self.stats(f"benchmark {name}", entry.get("stats"))
+            flops = self.number(f"benchmark {name}", "extra_info.flops", info.get("flops"), positive=True)
+            checks = {k: self.number(f"benchmark {name}", f"extra_info.{k}", info[k])
+                      for k in OPTIONAL_PASS_KEYS if info.get(k) is not None}
+            rec.passes[pass_name] = PassResult(name, pass_name, stats, flops, checks)
+        return other
