@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 
 from . import options
 from .grid import AXES, DEFAULT_CPU_PRESET, DEFAULT_CUDA_PRESET, Cell, expand
-from .record import CellRecord, Run, RunError, Timing, load, machine_section, parse, run_section
+from .record import CellRecord, Run, RunError, Timing, machine_section, parse, run_section
 from .runner import CellRunner
 from .timing import DeviceClock
 
@@ -40,6 +41,8 @@ class AttnSession:
     stop_reason: str = ""
     saved_path: Path | None = None
     storage_lock: object = None
+    pytest_session: pytest.Session | None = None
+    compared_runs: list[Run] = field(default_factory=list)  # --benchmark-compare's runs, read by our reader
     memory_findings: list = field(default_factory=list)
 
     def runner(self, cell: Cell) -> CellRunner:
@@ -192,6 +195,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Take the storage's lock when saving into it, save atomically, and sample the GPU before anything runs."""
     config = session.config
     s = attn_session(config)
+    s.pytest_session = session
     bs = getattr(config, "_benchmarksession", None)
     if bs is not None and not bs.disabled:
         _guard_saving(bs, s)
@@ -261,6 +265,21 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 _SAMPLE_KEYS = ("gpu_start", "gpu_end", "flags")
 
 
+@contextlib.contextmanager
+def gpu_samples_set_aside(*machine_infos: dict):
+    """Take the GPU samples out of ``machine_infos`` for the duration, then put them back."""
+    set_aside = []
+    for info in machine_infos:
+        ours = (info or {}).get("attnbench")
+        if isinstance(ours, dict):
+            set_aside.append((ours, {k: ours.pop(k) for k in _SAMPLE_KEYS if k in ours}))
+    try:
+        yield
+    finally:
+        for ours, samples in set_aside:
+            ours.update(samples)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
     """Refuse to compare with a run that cannot be trusted; judge the environment, not the GPU's state.
@@ -274,22 +293,16 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
         compared = parse(compared_benchmark, role="the --benchmark-compare run")
     except RunError as exc:
         raise pytest.UsageError(str(exc)) from None
+    timing = attn_session(config).timing
     if not compared.complete:
         raise pytest.UsageError(f"--benchmark-compare: the run to compare with is incomplete ({compared.stop_reason});"
                                 " compare with a complete run")
-    if compared.timing != attn_session(config).timing:
+    if compared.timing != timing:
         raise pytest.UsageError(f"--benchmark-compare: that run was timed with {compared.timing.describe()}, this run "
-                                f"with {attn_session(config).timing.describe()}; their times do not compare")
-    set_aside = []
-    for info in (machine_info, (compared_benchmark or {}).get("machine_info") or {}):
-        ours = info.get("attnbench")
-        if isinstance(ours, dict):
-            set_aside.append((ours, {k: ours.pop(k) for k in _SAMPLE_KEYS if k in ours}))
-    try:
+                                f"with {timing.describe()}; their times do not compare")
+    attn_session(config).compared_runs.append(compared)
+    with gpu_samples_set_aside(machine_info, compared_benchmark.get("machine_info")):
         yield
-    finally:
-        for ours, samples in set_aside:
-            ours.update(samples)
 
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
@@ -308,27 +321,26 @@ _STOPS = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Note how the run ended (before pytest-benchmark saves it); apply --attn-memory-compare-fail."""
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """Note how the run ended before pytest-benchmark saves it (its wrapper saves first); apply
+    --attn-memory-compare-fail."""
     s = attn_session(session.config)
     s.exit_status = exitstatus
     if exitstatus in _STOPS:
         s.stop_reason = _STOPS[exitstatus]
     elif session.shouldstop or session.shouldfail:
         s.stop_reason = f"stopped early: {session.shouldstop or session.shouldfail}"
-    if s.memory_compare_fail is None:
-        return
-    from .compare import compare_runs
+    if s.memory_compare_fail is not None:
+        from .compare import compare_runs
 
-    bs = session.config._benchmarksession
-    current = _current_run(s)
-    for path in bs.compared_mapping or {}:
-        baseline = load(path, "the --benchmark-compare run")
-        comparison = compare_runs(baseline, current, time_pct=None, memory_pct=s.memory_compare_fail)
-        s.memory_findings += comparison.regressions
-    if s.memory_findings and session.exitstatus == 0:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        current = _current_run(s)
+        for baseline in s.compared_runs:
+            comparison = compare_runs(baseline, current, time_pct=None, memory_pct=s.memory_compare_fail)
+            s.memory_findings += comparison.regressions
+        if s.memory_findings and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    yield
 
 
 def _current_run(s: AttnSession) -> Run:
@@ -338,8 +350,29 @@ def _current_run(s: AttnSession) -> Run:
                cells={k: r for k, r in s.records.items() if r.status != "pending"}, commit={}, datetime="", cpu_brand="")
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """OOM and unmeasured cells, an incomplete run, untrustworthy-GPU flags and memory regressions."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config):
+    """After pytest-benchmark's tables: OOM and unmeasured cells, an incomplete run, untrustworthy-GPU flags,
+    memory regressions, and --benchmark-compare-fail's verdict as a line and an exit status (pytest-benchmark
+    raises it through the terminal summary, which pytest would print as a traceback)."""
+    from pytest_benchmark.session import PerformanceRegression
+
+    regressed, result = False, None
+    try:
+        result = yield
+    except PerformanceRegression:
+        regressed = True
+    _summary(terminalreporter, config)
+    if regressed:
+        terminalreporter.write_line("FAIL: performance has regressed (--benchmark-compare-fail; listed above)",
+                                    red=True, bold=True)
+        session = attn_session(config).pytest_session
+        if session is not None:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return result
+
+
+def _summary(terminalreporter, config: pytest.Config) -> None:
     s = attn_session(config)
     records = list(s.records.values())
     if not records and not s.planned:

@@ -271,7 +271,7 @@ def read_json(path: str | Path, role: str = "run") -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise RunError(f"cannot read {role} file {path}: {getattr(exc, 'strerror', None) or exc}; {RUN_HINT}") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text)  # NaN and Infinity parse; the field checks below name where they are
     except (json.JSONDecodeError, ValueError) as exc:
         raise RunError(f"{role} file {path} is not JSON, not readable as JSON ({exc}); {RUN_HINT}") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) \
@@ -279,10 +279,6 @@ def read_json(path: str | Path, role: str = "run") -> dict:
         raise RunError(f"{role} file {path} is not a pytest-benchmark run (no 'benchmarks' or 'machine_info'); "
                        f"{RUN_HINT}")
     return data
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"it holds {name}, which is not a number a run may record")
 
 
 def load(path: str | Path, role: str = "run") -> Run:
@@ -301,8 +297,10 @@ def parse(data: dict, *, path: Path | None = None, role: str = "run") -> Run:
     if version not in READABLE_SCHEMAS:
         raise RunError(f"{where}: unknown attnbench schema_version {version!r}; this attnbench reads "
                        f"{', '.join(map(str, READABLE_SCHEMAS))} (a newer attnbench wrote it?)")
-    reader = _Reader(where, data, section, version)
-    return reader.run(path)
+    try:
+        return _Reader(where, data, section, version).run(path)
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:  # a shape no check above foresaw
+        raise RunError(f"{where}: malformed ({type(exc).__name__}: {exc}); the run cannot be trusted") from None
 
 
 class _Reader:
@@ -338,7 +336,7 @@ class _Reader:
             self.fail(entry, f"missing {', '.join(missing)}")
         if not isinstance(fields["variant"], str) or not fields["variant"]:
             self.fail(entry, f"variant is {fields['variant']!r}, expected a variant name")
-        if fields["dtype"] not in DTYPES:
+        if not isinstance(fields["dtype"], str) or fields["dtype"] not in DTYPES:
             self.fail(entry, f"dtype is {fields['dtype']!r}, expected one of {', '.join(DTYPES)}")
         if not isinstance(fields["causal"], bool):
             self.fail(entry, f"causal is {fields['causal']!r}, expected true or false")
@@ -388,6 +386,9 @@ class _Reader:
             self.fail("machine_info.attnbench.env", f"device is {device!r}, expected cpu or cuda")
         cells = self.cells(device)
         other = self.benchmarks(cells, device)
+        for key, rec in cells.items():
+            if rec.status == "ok" and not rec.passes:
+                self.fail(f"cell {key}", "measured (status ok) but has no benchmark in the run")
         pending = [k for k, rec in cells.items() if rec.status == "pending"]
         if pending and complete:
             # a schema-1 run interrupted before its cells finished (schema 2 records that itself)
@@ -440,15 +441,16 @@ class _Reader:
             name = entry.get("fullname")
             if not isinstance(name, str) or not name:
                 self.fail(f"benchmarks[{i}]", "fullname is missing")
-            info = entry.get("extra_info")
-            info = self.mapping(f"benchmark {name}", "extra_info", info if info is not None else {})
-            if "pass" not in info:
+            info, params = entry.get("extra_info"), entry.get("params")
+            ours = (isinstance(info, dict) and ("pass" in info or "variant" in info)) or (
+                self.version > 1 and isinstance(params, dict) and "variant" in params)
+            if not ours:
                 other += 1  # a benchmark of another suite in the same run
                 continue
-            fields = info if self.version == 1 else entry.get("params")
-            fields = self.mapping(f"benchmark {name}", "params", fields)
+            info = self.mapping(f"benchmark {name}", "extra_info", info)
+            fields = self.mapping(f"benchmark {name}", "params", info if self.version == 1 else params)
             key = cell_key(self.cell(f"benchmark {name}", fields, device).params())
-            pass_name = info["pass"]
+            pass_name = info.get("pass")
             if pass_name not in PASSES:
                 self.fail(f"benchmark {name}", f"pass is {pass_name!r}, expected one of {', '.join(PASSES)}")
             rec = cells.get(key)

@@ -2,13 +2,15 @@
 
 The session fixture runs ``pytest benchmarks`` four times in subprocesses (about 25 s on 2 cores): a baseline
 (autosaved, so pytest-benchmark's --benchmark-compare can find it), the same code again, and two runs with
-planted regressions (ATTNBENCH_PLANT, see attnbench/runner.py). Edge cases are copies of the baseline edited.
+planted regressions (ATTNBENCH_PLANT, see attnbench/plants.py). Edge cases are copies of the baseline edited;
+what the reader refuses is in test_record.py.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from suite_runs import PASSES, TINY_SEQ_LENS, TINY_VARIANTS, SuiteRun, run_suite
 
 from attnbench import cli, gate
 from attnbench.compare import Finding, compare_time, mann_whitney_greater_p
+from attnbench.grid import cell_key
+from attnbench.record import PassResult
 
 VARIANTS = set(TINY_VARIANTS)
 SEQ_LENS = TINY_SEQ_LENS
@@ -72,11 +76,16 @@ def table_rows(markdown: str) -> list[dict]:
     for line in markdown.splitlines():
         if not line.startswith("| `"):
             continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
         name = cells[0].strip("`")
         variant = re.search(r"(?:\[|^)([a-z0-9_]+)-s\d+", name).group(1)
         rows.append({"cell": name, "variant": variant, "metric": cells[1], "verdict": cells[5].strip("*")})
     return rows
+
+
+def squeezed(line: str) -> str:
+    """A table row with tabulate's padding removed: '| a    | b |' -> '| a | b |'."""
+    return re.sub(r" +\|", " |", re.sub(r"\| +", "| ", line))
 
 
 def edited_copy(run: SuiteRun, path: Path, edit) -> Path:
@@ -113,7 +122,7 @@ def test_slowdown_regresses_time_of_naive_only(runs, capsys):
     assert {r["variant"] for r in regressions} == {"naive"}, f"only naive was slowed:\n{out}"
     expected = {f"test_{p}[naive-s{s}-d16-b2-h2-fp32-full]" for p in PASSES for s in SEQ_LENS}
     assert {r["cell"] for r in regressions} == expected, f"every naive benchmark should regress:\n{out}"
-    assert all(r["metric"] == "min time" for r in regressions), out
+    assert all(r["metric"] in ("forward min time", "backward min time") for r in regressions), out
 
 
 def test_swapped_runs_report_improvements_and_pass(runs, capsys):
@@ -132,7 +141,7 @@ def test_swapped_runs_report_improvements_and_pass(runs, capsys):
 
 def test_table_shows_both_numbers_and_the_change(runs, capsys):
     _, out, _ = run_gate(capsys, runs.baseline.json_path, runs.extra_nxn.json_path, "--time", NO_TIME)
-    line = next(x for x in out.splitlines() if x.startswith("| `weights_only-s32"))
+    line = squeezed(next(x for x in out.splitlines() if x.startswith("| `weights_only-s32")))
     # 2·2·32·32 fp32 attention weights (16 KiB) more than the baseline's 40 KiB
     assert "| 40 KiB | 56 KiB | +40.0% |" in line, line
 
@@ -142,8 +151,8 @@ def test_table_shows_both_numbers_and_the_change(runs, capsys):
 
 def _make_oom(key: str):
     def edit(data: dict) -> None:
-        data["benchmarks"] = [b for b in data["benchmarks"] if f"[{key}]" not in b["fullname"]]
-        record = next(c for c in data["attnbench"]["cells"] if c["key"] == key)
+        data["benchmarks"] = [b for b in data["benchmarks"] if cell_key(b["params"]) != key]
+        record = next(c for c in data["attnbench"]["cells"] if cell_key(c) == key)
         record.update(status="oom-measured", message="CUDA out of memory (edited into a copy for the test)")
     return edit
 
@@ -154,7 +163,7 @@ def test_new_oom_regresses_and_vanished_oom_improves(runs, capsys, tmp_path):
     code, out, _ = run_gate(capsys, runs.baseline.json_path, oom)
     assert code == 1, f"a cell that now runs out of memory must fail the gate:\n{out}"
     assert table_rows(out) == [{"cell": key, "variant": "naive", "metric": "status", "verdict": "regression"}], out
-    assert "| ok | oom-measured |" in out
+    assert "| ok | oom-measured |" in squeezed(out)
 
     code, out, _ = run_gate(capsys, oom, runs.baseline.json_path)
     assert code == 0, out
@@ -188,8 +197,8 @@ def test_non_pytest_benchmark_json_cannot_be_judged(runs, capsys, tmp_path, cont
 
 def test_no_cells_in_common_cannot_be_judged(runs, capsys, tmp_path):
     def rename(data: dict) -> None:
-        for b in data["benchmarks"]:
-            b["fullname"] = b["fullname"].replace("benchmarks/", "renamed/")
+        for fields in [b["params"] for b in data["benchmarks"]] + data["attnbench"]["cells"]:
+            fields["head_dim"] = 24
     renamed = edited_copy(runs.baseline, tmp_path / "renamed.json", rename)
     code, _, err = run_gate(capsys, runs.baseline.json_path, renamed)
     assert code == 2 and "no cells in common" in err and "same grid" in err, err
@@ -226,6 +235,10 @@ def test_driver_compared_by_major_version_only(runs, capsys, tmp_path):
     (["--time", "median"], "STAT:PCT"),
     (["--time", "median:fast"], "STAT:PCT"),
     (["--memory", "-1"], "percentage >= 0"),
+    (["--memory", "nan"], "finite percentage"),
+    (["--time", "median:nan"], "finite percentage"),
+    (["--time", "median:inf"], "finite percentage"),
+    (["--time", "median:1e999"], "finite percentage"),
 ])
 def test_bad_thresholds_are_usage_errors(runs, capsys, argv, allowed):
     with pytest.raises(SystemExit) as exc:
@@ -247,6 +260,39 @@ def test_summary_file_gets_the_markdown(runs, capsys, tmp_path):
     assert code == 2 and "cannot judge" in summary.read_text()
 
 
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory", "under-a-file", "read-only"])
+def test_summary_that_cannot_be_written_is_exit_3_before_any_verdict(runs, capsys, tmp_path, where):
+    (tmp_path / "a-file").write_text("")
+    summary = {"missing-dir": tmp_path / "no" / "such" / "dir" / "summary.md", "a-directory": tmp_path,
+               "under-a-file": tmp_path / "a-file" / "summary.md", "read-only": tmp_path / "ro" / "summary.md"}[where]
+    if where == "read-only":
+        summary.parent.mkdir()
+        summary.parent.chmod(0o500)
+        if os.access(summary.parent, os.W_OK):
+            pytest.skip("this user (root) can write into read-only directories")
+    code, out, err = run_gate(capsys, runs.baseline.json_path, runs.extra_nxn.json_path, "--summary", summary)
+    assert code == gate.EXIT_OUTPUT_ERROR == 3, f"expected exit 3 for an unwritable summary, got {code}:\n{err}"
+    assert "cannot write --summary" in err and "Traceback" not in out + err, err
+    assert "attnbench gate: FAIL" not in out, "no verdict is printed when its summary cannot be written"
+
+
+def test_an_incomplete_run_cannot_be_judged(runs, capsys, tmp_path):
+    def interrupt(data: dict) -> None:
+        data["attnbench"].update(complete=False, stop_reason="interrupted (Ctrl-C)")
+    partial = edited_copy(runs.baseline, tmp_path / "partial.json", interrupt)
+    for argv in ((runs.baseline.json_path, partial), (partial, runs.baseline.json_path)):
+        code, out, err = run_gate(capsys, *argv)
+        assert code == 2 and "incomplete run (interrupted (Ctrl-C))" in err, f"exit {code}:\n{out}{err}"
+
+
+def test_runs_timed_differently_cannot_be_judged(runs, capsys, tmp_path):
+    def wall(data: dict) -> None:
+        data["attnbench"]["timing"]["mode"] = "wall"
+    other = edited_copy(runs.baseline, tmp_path / "wall.json", wall)
+    code, _, err = run_gate(capsys, runs.baseline.json_path, other, "--allow-env-mismatch")
+    assert code == 2 and "timed differently (baseline: device, current: wall)" in err, err
+
+
 def test_cli_wires_the_gate(runs, capsys):
     assert cli.main(["gate", str(runs.baseline.json_path), str(runs.baseline.json_path)]) == 0
     assert "attnbench gate: OK" in capsys.readouterr().out
@@ -259,7 +305,7 @@ def test_in_run_memory_gate_fails_on_extra_nxn(runs):
     run = runs.extra_nxn
     assert run.returncode != 0, f"--attn-memory-compare-fail=0 should fail the planted run:\n{run.output[-3000:]}"
     assert "Memory has regressed" in run.output, run.output[-3000:]
-    offenders = re.findall(r"test_(?:forward|backward)\[(\w+)-s\d+[^\]]*\] saved_bytes", run.output)
+    offenders = re.findall(r"^  ([a-z_]+)-s\d+-\S+ saved_bytes", run.output, flags=re.MULTILINE)
     assert offenders and set(offenders) == {"weights_only"}, f"expected only weights_only offenders:\n{run.output}"
 
 
@@ -280,27 +326,41 @@ def test_benchmark_compare_sees_the_environment_but_not_the_gpu_samples():
     saved = {"machine_info": {"node": "a", "attnbench": {"env": {"gpu": "H200", "torch": "2.10"},
                                                          "gpu_start": {"temperature_c": 55}, "flags": ["throttled"]}}}
     before = copy.deepcopy((current, saved))
-    hook = plugin.pytest_benchmark_compare_machine_info(None, None, current, saved)
-    next(hook)  # what pytest-benchmark's own check sees
-    assert current["attnbench"] == {"env": {"gpu": "H200", "torch": "2.11"}}
-    assert saved["machine_info"]["attnbench"] == {"env": {"gpu": "H200", "torch": "2.10"}}
-    with pytest.raises(StopIteration):
-        hook.send(None)
+    with plugin.gpu_samples_set_aside(current, saved["machine_info"]):  # what pytest-benchmark's check sees
+        assert current["attnbench"] == {"env": {"gpu": "H200", "torch": "2.11"}}
+        assert saved["machine_info"]["attnbench"] == {"env": {"gpu": "H200", "torch": "2.10"}}
     assert (current, saved) == before, "the samples must be put back: they are saved with the run"
+
+
+def test_benchmark_compare_refuses_an_incomplete_or_differently_timed_run(runs, tmp_path):
+    from pytest_benchmark.utils import get_machine_id
+
+    storage = tmp_path / "storage" / get_machine_id()
+    storage.mkdir(parents=True)
+    for name, edit in (("0001_partial", {"complete": False, "stop_reason": "interrupted (Ctrl-C)"}),
+                       ("0002_wall", {"timing": {"mode": "wall", "flush_l2": False}})):
+        data = runs.baseline.data()
+        data["attnbench"].update(edit)
+        (storage / f"{name}.json").write_text(json.dumps(data))
+    for name, message in (("0001", "the run to compare with is incomplete (interrupted (Ctrl-C))"),
+                          ("0002", "that run was timed with wall, this run with device")):
+        run = run_suite(tmp_path / f"{name}.json", f"--benchmark-storage={tmp_path / 'storage'}",
+                        f"--benchmark-compare={name}", expect_json=False)
+        assert run.returncode == 4 and message in run.output, f"expected a usage error:\n{run.output[-2000:]}"
 
 
 # -- the noise rule on hand-made statistics
 
 
-def _stats(q1: float, median: float, q3: float, data=None) -> dict:
+def _stats(q1: float, median: float, q3: float, data=None) -> PassResult:
     stats = {"q1": q1, "median": median, "q3": q3, "min": q1, "max": q3, "mean": median}
     if data is not None:
         stats["data"] = data
-    return {"stats": stats}
+    return PassResult("benchmarks/test_forward.py::test_forward[c]", "forward", stats, flops=1.0)
 
 
 def test_slower_median_within_overlapping_iqrs_is_not_a_regression():
-    [finding] = compare_time({"b": _stats(1.0, 1.5, 2.0)}, {"b": _stats(1.9, 2.0, 2.5)}, threshold_pct=10)
+    finding = compare_time(_stats(1.0, 1.5, 2.0), _stats(1.9, 2.0, 2.5), threshold_pct=10)
     assert not finding.regression and not finding.improvement and "IQRs overlap" in finding.note, finding
 
 
@@ -308,7 +368,7 @@ def test_rank_test_overrules_separated_quartiles():
     # quartiles apart, but the rounds themselves interleave: the rank test keeps it within noise
     base = _stats(1.0, 1.1, 1.2, data=[1.0, 5.0] * 10)
     cur = _stats(1.3, 1.4, 1.5, data=[1.1, 4.9] * 10)
-    [finding] = compare_time({"b": base}, {"b": cur}, threshold_pct=10)
+    finding = compare_time(base, cur, threshold_pct=10)
     assert not finding.regression and "rank test" in finding.note, finding
 
 

@@ -18,7 +18,9 @@ from suite_runs import REPO_ROOT, TINY_SEQ_LENS, TINY_VARIANTS, tiny_suite_run
 
 from attention_impls import VARIANTS
 from attnbench import cli
-from attnbench.report import SEED_CLAIMED_NXN, _fmt_ms, fit_exponent
+from attnbench.grid import cell_key
+from attnbench.render import ms as _fmt_ms
+from attnbench.report import SEED_CLAIMED_NXN, fit_exponent
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SEED_TABLES = ("Forward (ms)", "Backward (ms)", "Saved for backward, census (MiB)")
@@ -43,6 +45,14 @@ def report(capsys, *args: str) -> str:
     return out
 
 
+def report_fails(capsys, *args: str) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``attnbench report ARGS`` that is expected to fail, without a traceback."""
+    code = cli.main(["report", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, err
+    return code, out, err
+
+
 def section(markdown: str, heading: str) -> str:
     """From ``heading`` to the next heading of the same or a higher level."""
     level = heading.split(" ")[0]
@@ -58,7 +68,7 @@ def table_after(text: str, title: str) -> list[list[str]]:
     rows = []
     for line in lines:
         if line.startswith("|"):
-            rows.append([c.strip() for c in line.strip("|").split("|")])
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
         elif rows:
             break
     return [rows[0]] + rows[2:]
@@ -66,8 +76,8 @@ def table_after(text: str, title: str) -> list[list[str]]:
 
 def benchmark_medians(data: dict) -> dict[tuple, float]:
     """(variant, pass, seq_len, head_dim) -> median seconds."""
-    return {(b["extra_info"]["variant"], b["extra_info"]["pass"], b["extra_info"]["seq_len"],
-             b["extra_info"]["head_dim"]): b["stats"]["median"] for b in data["benchmarks"]}
+    return {(b["params"]["variant"], b["extra_info"]["pass"], b["params"]["seq_len"],
+             b["params"]["head_dim"]): b["stats"]["median"] for b in data["benchmarks"]}
 
 
 def with_second_head_dim(data: dict, head_dim: int, time_factor: float) -> dict:
@@ -75,14 +85,13 @@ def with_second_head_dim(data: dict, head_dim: int, time_factor: float) -> dict:
     data = copy.deepcopy(data)
     for b in list(data["benchmarks"]):
         twin = copy.deepcopy(b)
-        twin["extra_info"]["head_dim"] = head_dim
+        twin["params"]["head_dim"] = head_dim
         twin["stats"]["median"] *= time_factor
         twin["name"] = twin["name"].replace("-d16-", f"-d{head_dim}-")
         data["benchmarks"].append(twin)
     for c in list(data["attnbench"]["cells"]):
         twin = copy.deepcopy(c)
         twin["head_dim"] = head_dim
-        twin["key"] = twin["key"].replace("-d16-", f"-d{head_dim}-")
         data["attnbench"]["cells"].append(twin)
     return data
 
@@ -90,10 +99,10 @@ def with_second_head_dim(data: dict, head_dim: int, time_factor: float) -> dict:
 def with_oom(data: dict, key: str, status: str, message: str) -> dict:
     """A copy of the run where cell ``key`` ran out of memory: no benchmarks, its record says so."""
     data = copy.deepcopy(data)
-    data["benchmarks"] = [b for b in data["benchmarks"] if f"[{key}]" not in b["name"]]
-    records = [c for c in data["attnbench"]["cells"] if c["key"] == key]
+    data["benchmarks"] = [b for b in data["benchmarks"] if cell_key(b["params"]) != key]
+    records = [c for c in data["attnbench"]["cells"] if cell_key(c) == key]
     assert records, f"no cell {key} in the run"
-    records[0].update(status=status, message=message, timings={})
+    records[0].update(status=status, message=message)
     return data
 
 
@@ -176,7 +185,7 @@ def test_oom_cells_render_as_oom(run_json, tmp_path, capsys, status, text):
         rows = {r[0]: r[1:] for r in table_after(block, f"**{title}**")[1:]}
         assert rows["64"] == [text], f"{title}: the OOM cell should read {text!r}, got {rows['64']}"
         assert rows["32"] != [text], f"{title}: only seq_len 64 ran out of memory"
-    assert f"- `{key}`: {status} ({message})" in section(markdown, "## Out of memory"), markdown
+    assert f"- `{key}`: {status} ({message})" in section(markdown, "## Not measured"), markdown
     # naive lacks seq_len 64 now, so the like-for-like comparison falls back to 32
     assert "### Variants at seq_len 32," in markdown
 
@@ -203,7 +212,9 @@ def test_title_names_the_device_the_run_used(run_json, tmp_path, capsys, ran_on,
     """A CPU run on a machine that has a GPU is a CPU run: the GPU's name is in its environment all the same."""
     data = json.loads(run_json.read_text())
     data["machine_info"]["attnbench"]["env"]["gpu_name"] = "NVIDIA H200"
-    data["attnbench"]["device"] = ran_on
+    data["machine_info"]["attnbench"]["env"]["device"] = ran_on
+    for c in data["attnbench"]["cells"]:  # a CUDA cell carries the allocator's figures too
+        c.update(mem_before_backward_bytes=c["saved_bytes"], peak_bytes=2 * c["saved_bytes"])
     markdown = report(capsys, write_json(tmp_path / "run.json", data))
     assert markdown.splitlines()[0].startswith(title), markdown[:200]
 
@@ -225,13 +236,13 @@ def test_without_argument_the_newest_stored_run_is_reported(run_json, tmp_path, 
     oom_run = write_json(machine / "0001_oom.json",
                          with_oom(data, "tiled-s32-d16-b2-h2-fp32-full", "oom-measured", "out of memory"))
     plain_run = write_json(machine / "0002_plain.json", data)
-    os.utime(oom_run, (1_000_000, 1_000_000))
+    partial = copy.deepcopy(data)
+    partial["attnbench"].update(complete=False, stop_reason="interrupted (Ctrl-C)")
+    write_json(machine / "incomplete_later.json", partial)  # never the newest run
+    os.utime(oom_run, (3_000_000, 3_000_000))  # modified last, but pytest-benchmark orders runs by number
     os.utime(plain_run, (2_000_000, 2_000_000))
     markdown = report(capsys, "--storage", storage)
-    assert "Run: `0002_plain.json`" in markdown and "## Out of memory" not in markdown, markdown[:600]
-    os.utime(oom_run, (3_000_000, 3_000_000))  # newest by modification time, whatever the name says
-    markdown = report(capsys, "--storage", storage)
-    assert "Run: `0001_oom.json`" in markdown and "## Out of memory" in markdown, markdown[:600]
+    assert "Run: `0002_plain.json`" in markdown and "## Not measured" not in markdown, markdown[:600]
 
 
 # -- files that are not runs: exit 2, a message, no traceback
@@ -241,6 +252,8 @@ def test_without_argument_the_newest_stored_run_is_reported(run_json, tmp_path, 
     (None, "no such file"),
     ("{not json", "not readable as JSON"),
     ('{"hello": 1}', "not a pytest-benchmark run"),
+    ('{"benchmarks": [], "machine_info": {}}', "no 'attnbench' section"),
+    ('{"benchmarks": [], "machine_info": {}, "attnbench": null}', "no 'attnbench' section"),
 ])
 def test_unusable_file_exits_2_with_a_message(tmp_path, capsys, content, message):
     path = tmp_path / "run.json"
@@ -251,6 +264,47 @@ def test_unusable_file_exits_2_with_a_message(tmp_path, capsys, content, message
     assert code == 2, f"expected exit 2, got {code}"
     assert err.startswith("attnbench report: ") and message in err, f"stderr should say {message!r}: {err}"
     assert out == "" and "Traceback" not in err
+
+
+def test_incomplete_run_is_reported_with_a_warning(run_json, tmp_path, capsys):
+    data = json.loads(run_json.read_text())
+    key = "naive-s64-d16-b2-h2-fp32-full"
+    data["benchmarks"] = [b for b in data["benchmarks"] if cell_key(b["params"]) != key]
+    next(c for c in data["attnbench"]["cells"] if cell_key(c) == key).update(
+        status="pending", saved_nxn=None, saved_bytes=None)
+    data["attnbench"].update(complete=False, stop_reason="interrupted (Ctrl-C)")
+    code, out, err = report_fails(capsys, write_json(tmp_path / "partial.json", data))
+    assert code == 0 and "WARNING" in err and "incomplete run (interrupted (Ctrl-C))" in err, err
+    assert "**Incomplete run:** interrupted (Ctrl-C)" in out, out[:800]
+    rows = {r[0]: r[1:] for r in table_after(section(out, "### naive · fp32"), "**Forward (ms)**")[1:]}
+    assert rows["64"] == ["not run"], rows
+
+
+def test_a_run_without_cells_exits_2(run_json, tmp_path, capsys):
+    data = json.loads(run_json.read_text())
+    data["benchmarks"], data["attnbench"]["cells"] = [], []
+    code, _, err = report_fails(capsys, write_json(tmp_path / "empty.json", data))
+    assert code == 2 and "holds no cells" in err, err
+
+
+@pytest.mark.parametrize("where", ["output-is-a-directory", "output-under-a-file", "plots-under-a-file",
+                                   "plots-is-a-file"])
+def test_output_that_cannot_be_written_is_exit_3_and_nothing_half_written(run_json, tmp_path, capsys, where):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    args = {"output-is-a-directory": ["-o", tmp_path],
+            "output-under-a-file": ["-o", a_file / "report.md"],
+            "plots-under-a-file": ["--plots", a_file / "plots", "-o", tmp_path / "report.md"],
+            "plots-is-a-file": ["--plots", a_file, "-o", tmp_path / "report.md"]}[where]
+    code, _, err = report_fails(capsys, run_json, *args)
+    assert code == 3 and err.startswith("attnbench report: "), f"expected exit 3, got {code}: {err}"
+    assert not (tmp_path / "report.md").exists(), "no markdown is written when the plots cannot be"
+
+
+def test_output_into_a_missing_directory_creates_it(run_json, tmp_path, capsys):
+    out = tmp_path / "new" / "dir" / "report.md"
+    assert report(capsys, run_json, "-o", out, "--plots", tmp_path / "new" / "plots") == ""
+    assert out.read_text().startswith("# attnbench results"), "the report should be written"
 
 
 def test_empty_storage_exits_2_with_advice(tmp_path, capsys):

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
 
 import pytest
 import torch
-from suite_runs import PASSES, REPO_ROOT, TINY_GRID, TINY_HEAD_DIMS, TINY_SEQ_LENS, TINY_VARIANTS, tiny_suite_run
+from suite_runs import (
+    PASSES,
+    REPO_ROOT,
+    SUITE_ENV,
+    TINY_GRID,
+    TINY_HEAD_DIMS,
+    TINY_SEQ_LENS,
+    TINY_VARIANTS,
+    tiny_suite_run,
+)
 
 from attention_impls import VARIANTS
 from attnbench import record
@@ -287,3 +297,39 @@ def test_a_cell_too_large_for_this_machine_is_recorded_as_oom_and_the_run_goes_o
     huge = cells["naive-s100000-d16-b2-h2-fp32-full"]
     assert huge["status"] == "oom-predicted" and "of RAM available" in huge["message"], huge
     assert cells["naive-s32-d16-b2-h2-fp32-full"]["status"] == "ok"
+
+
+# -- pytest-benchmark's own tools group and tabulate by the cells' parameters
+
+
+def test_pytest_benchmark_groups_and_compares_by_parameter(tmp_path):
+    storage = tmp_path / "storage"
+    env = {**os.environ, **SUITE_ENV}
+    env.pop("ATTNBENCH_PLANT", None)
+    outputs = []
+    for _ in range(2):
+        cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", *TINY_GRID,
+               "--benchmark-autosave", f"--benchmark-storage={storage}",
+               "--benchmark-group-by=param:seq_len,param:head_dim"]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outputs.append(proc.stdout)
+    for s in TINY_SEQ_LENS:
+        title = f"benchmark 'seq_len={s} head_dim=16': {len(TINY_VARIANTS) * len(PASSES)} tests"
+        assert title in outputs[0], f"--benchmark-group-by=param:seq_len,param:head_dim: no {title!r}:\n{outputs[0]}"
+
+    proc = subprocess.run([sys.executable, "-m", "pytest_benchmark", "--storage", str(storage), "compare",
+                           "0001", "0002", "--group-by=param:variant", "--columns=median,iqr"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    tables = re.split(r"-+ benchmark '", proc.stdout)[1:]
+    by_variant = {t.split("'")[0]: t for t in tables}
+    assert set(by_variant) == {f"variant={v}" for v in TINY_VARIANTS}, f"one table per variant:\n{proc.stdout}"
+    for variant in TINY_VARIANTS:
+        table = by_variant[f"variant={variant}"]
+        header = next(line for line in table.splitlines() if line.startswith("Name"))
+        assert header.split(")", 1)[1].split() == ["Median", "IQR"], f"--columns=median,iqr: {header}"
+        rows = [line for line in table.splitlines() if line.startswith("test_")]
+        assert len(rows) == 2 * len(TINY_SEQ_LENS) * len(PASSES), f"both runs' benchmarks of {variant}:\n{table}"
+        assert all(f"[{variant}-s" in row for row in rows), table
+        assert {re.search(r"\((000[12])_", row).group(1) for row in rows} == {"0001", "0002"}

@@ -1,4 +1,4 @@
-"""The CUDA-event clock and the independent CUDA-event measurement.
+"""The device clock, the timing modes and the independent CUDA-event measurement.
 
 On CPU the clock's bookkeeping is checked against stand-in events (which call starts a round, where the spin
 goes, what a difference means); on a GPU the real thing, including the suite's timing-fidelity check.
@@ -24,14 +24,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMING_FIDELITY = 0.05
 #: ... for benchmarks at least this long (shorter ones are dominated by a few microseconds of jitter).
 TIMING_FIDELITY_MIN_S = 1e-4
-
-
-@pytest.fixture(autouse=True)
-def fresh_clock_state():
-    """Each test starts with no launch slack and no pending start, and leaves it that way."""
-    timing.set_launch_slack(0.0)
-    yield
-    timing.set_launch_slack(0.0)
 
 
 class FakeEvent:
@@ -64,13 +56,18 @@ def fake_cuda(monkeypatch):
     return FakeEvent
 
 
+@pytest.fixture
+def clock() -> timing.DeviceClock:
+    return timing.DeviceClock()
+
+
 # -- CPU: the clock's bookkeeping
 
 
-def test_clock_alternates_start_and_end_and_spins_only_before_a_start(fake_cuda):
-    timing.set_launch_slack(0.002)
-    start = timing.cuda_event_clock()
-    end = timing.cuda_event_clock()
+def test_clock_alternates_start_and_end_and_spins_only_before_a_start(fake_cuda, clock):
+    clock.set_launch_slack(0.002)
+    start = clock()
+    end = clock()
     assert fake_cuda.log == [("spin", 0.002), ("record", start.event), ("record", end.event)], (
         f"a round's start should queue the launch-slack spin, then record; its end only record: {fake_cuda.log}"
     )
@@ -80,15 +77,15 @@ def test_clock_alternates_start_and_end_and_spins_only_before_a_start(fake_cuda)
         "the difference should wait for the end event, then measure start -> end"
     )
     fake_cuda.log.clear()
-    timing.cuda_event_clock()  # the difference closed the round: the next reading starts a new one
+    clock()  # the difference closed the round: the next reading starts a new one
     assert fake_cuda.log[0] == ("spin", 0.002), fake_cuda.log
 
 
-def test_set_launch_slack_resets_a_pending_start_and_clamps_at_zero(fake_cuda):
-    timing.cuda_event_clock()  # a start whose round never ended
-    timing.set_launch_slack(-1.0)
+def test_set_launch_slack_resets_a_pending_start_and_clamps_at_zero(fake_cuda, clock):
+    clock()  # a start whose round never ended
+    clock.set_launch_slack(-1.0)
     fake_cuda.log.clear()
-    timing.cuda_event_clock()
+    clock()
     assert fake_cuda.log[0] == ("spin", 0.0), (
         f"a new start after set_launch_slack, with no negative spin: {fake_cuda.log}"
     )
@@ -97,7 +94,7 @@ def test_set_launch_slack_resets_a_pending_start_and_clamps_at_zero(fake_cuda):
 def test_spin_converts_seconds_to_cycles_and_skips_nonpositive(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "_sleep", calls.append)
-    monkeypatch.setattr(timing, "_cycles_per_s", 1.5e9)
+    monkeypatch.setattr(timing, "_spin_cycles_per_s", lambda: 1.5e9)
     timing.spin(0.0)
     timing.spin(-0.1)
     assert calls == [], "no spin is queued for zero or negative seconds"
@@ -169,11 +166,12 @@ def test_suite_medians_agree_with_independent_cuda_events(tmp_path):
 def test_clock_readings_measure_a_known_sleep():
     cycles_per_ms = timing._spin_cycles_per_s() / 1e3
     torch.cuda.synchronize()
+    clock = timing.DeviceClock()
 
     def measured(ms: float) -> float:
-        start = timing.cuda_event_clock()
+        start = clock()
         torch.cuda._sleep(int(ms * cycles_per_ms))
-        end = timing.cuda_event_clock()
+        end = clock()
         return end - start
 
     measured(1.0)  # warm-up
@@ -212,3 +210,45 @@ def test_cuda_event_median_matches_a_plain_event_measurement():
     assert abs(measured / plain - 1) <= 0.2, (
         f"cuda_event_median_s {measured * 1e3:.3f} ms vs plain events {plain * 1e3:.3f} ms: more than 20% apart"
     )
+
+
+# -- the timing modes through the suite
+
+
+def test_wall_mode_runs_and_is_recorded_on_cpu(tmp_path):
+    from suite_runs import run_suite
+
+    from attnbench import record
+
+    run = run_suite(tmp_path / "wall.json", "--attn-timing", "wall")
+    assert run.returncode == 0, run.output[-3000:]
+    saved = record.load(run.json_path)
+    assert saved.timing == record.Timing("wall", False) and saved.complete
+    assert all(rec.status == "ok" and len(rec.passes) == 2 for rec in saved.cells.values())
+    assert run.data()["benchmarks"][0]["options"]["timer"] == "perf_counter", "wall mode uses the host clock"
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize(("mode", "flush"), [("device", False), ("wall", False), ("cudagraph", False),
+                                             ("device", True)])
+def test_every_timing_mode_runs_a_cuda_grid_and_records_itself(tmp_path, mode, flush):
+    from attnbench import record
+
+    json_path = tmp_path / f"{mode}.json"
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", "--attn-timing", mode,
+           "--attn-variants", "naive,tiled,sdpa_efficient", "--attn-seq-lens", "256", "--attn-head-dims", "64",
+           "--benchmark-max-time", "0.02", f"--benchmark-json={json_path}", *(["--attn-flush-l2"] if flush else [])]
+    env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLANT"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"--attn-timing {mode} failed:\n{output[-3000:]}"
+    run = record.load(json_path)
+    assert run.timing == record.Timing(mode, flush) and run.complete
+    for key, rec in run.cells.items():
+        assert rec.status in ("ok", "capture-failed"), f"{key}: {rec.status} {rec.message}"
+        if rec.status == "capture-failed":
+            assert mode == "cudagraph" and "capture failed" in rec.message, rec.message
+    assert run.cells["sdpa_efficient-s256-d64-b8-h1-fp32-full"].status == "ok", "SDPA captures in a CUDA graph"
+    timer = json.loads(json_path.read_text())["benchmarks"][0]["options"]["timer"]
+    assert timer == ("perf_counter" if mode == "wall" else "DeviceClock"), timer

@@ -1,0 +1,321 @@
+"""The saved-run record: the previous schema still reads with the same verdicts, untrustworthy runs are refused
+by every tool (exit 2, the entry and field named, never a traceback, never a verdict), and a run cannot be
+spoiled by an interruption or by a second run saving into the same storage.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import math
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from suite_runs import REPO_ROOT, SUITE_ENV, TINY_GRID, tiny_suite_run
+
+from attnbench import cli, record, storage
+from attnbench.grid import AXES, cell_key
+
+V1 = Path(__file__).parent / "data" / "v1"
+
+
+def v1_run(name: str, tmp_path: Path) -> Path:
+    """A run saved by the previous schema on an H200 (2026-11-28), unpacked."""
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(gzip.decompress((V1 / f"{name}.json.gz").read_bytes()))
+    return path
+
+
+def gate(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main(["gate", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, err
+    return code, out, err
+
+
+def report(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main(["report", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, err
+    return code, out, err
+
+
+def table_rows(markdown: str) -> list[tuple[str, ...]]:
+    return [tuple(c.strip() for c in line.strip().strip("|").split("|")) for line in markdown.splitlines()
+            if line.startswith("|") and not set(line.strip()) <= set("|-: ")]
+
+
+def gate_findings(markdown: str) -> list[list[str]]:
+    """(cell key, metric, verdict) of every row of the gate's table."""
+    found = []
+    for row in table_rows(markdown):
+        if not row[0].startswith("`"):
+            continue
+        name = row[0].strip("`")
+        key = re.fullmatch(r"test_\w+\[(.+)\]", name)
+        found.append([key.group(1) if key else name, row[1], row[5].strip("*")])
+    return sorted(found)
+
+
+# -- schema 1: the runs committed before the record changed
+
+
+@pytest.mark.parametrize(("baseline", "current"), [("aa1", "aa2"), ("base", "planted")])
+def test_previous_schema_gates_with_the_verdicts_it_gave(capsys, tmp_path, baseline, current):
+    """Verdicts of the previous gate (commit e5d1fef) on these H200 runs, kept in gate_verdicts.json."""
+    expected = json.loads((V1 / "gate_verdicts.json").read_text())[f"{baseline}-{current}"]
+    code, out, err = gate(capsys, v1_run(baseline, tmp_path), v1_run(current, tmp_path))
+    assert code == expected["exit"], f"expected exit {expected['exit']}, got {code}:\n{out}{err}"
+    assert gate_findings(out) == expected["findings"], "the findings should be the previous gate's, cell by cell"
+    assert "Compared 280 benchmarks in 140 cells" in out
+
+
+def test_previous_schema_reports_the_tables_it_gave(capsys, tmp_path):
+    """Every table row of the previous report (commit e5d1fef) of an H200 run, unchanged."""
+    code, out, err = report(capsys, v1_run("base", tmp_path))
+    assert code == 0, err
+    assert table_rows(out) == table_rows((V1 / "report_base.md").read_text())
+
+
+def test_previous_schema_reads_into_the_same_model(tmp_path):
+    run = record.load(v1_run("base", tmp_path))
+    assert (run.schema_version, run.device, run.timing, run.complete) == (1, "cuda", record.Timing(), True)
+    assert run.device_label == "NVIDIA H200" and len(run.cells) == 140
+    cell = run.cells["naive-s16384-d16-b8-h1-fp32-full"]
+    assert cell.memory["mem_before_backward_bytes"] == 16417.5 * 2**20 and set(cell.passes) == {"forward",
+                                                                                               "backward"}
+
+
+# -- refusals: what the reader cannot trust, named
+
+
+def _first_benchmark(data):
+    return data["benchmarks"][0]
+
+
+def _first_cell(data):
+    return data["attnbench"]["cells"][0]
+
+
+REFUSALS = {
+    "stats missing": (lambda d: _first_benchmark(d).pop("stats"), "stats is missing"),
+    "stats null": (lambda d: _first_benchmark(d).update(stats=None), "stats is missing"),
+    "median NaN": (lambda d: _first_benchmark(d)["stats"].update(median=math.nan), "median is nan, not a finite"),
+    "median a string": (lambda d: _first_benchmark(d)["stats"].update(median="0.1"), "stats.median is '0.1'"),
+    "median missing": (lambda d: _first_benchmark(d)["stats"].pop("median"), "stats.median is missing"),
+    "no fullname": (lambda d: _first_benchmark(d).pop("fullname"), "fullname is missing"),
+    "flops negative": (lambda d: _first_benchmark(d)["extra_info"].update(flops=-1.0), "extra_info.flops"),
+    "memory removed": (lambda d: _first_cell(d).pop("saved_bytes"), "saved_bytes missing"),
+    "memory a string": (lambda d: _first_cell(d).update(saved_bytes="lots"), "saved_bytes is 'lots'"),
+    "unknown status": (lambda d: _first_cell(d).update(status="great"), "status is 'great'"),
+    "unknown schema": (lambda d: d["attnbench"].update(schema_version=99), "unknown attnbench schema_version 99"),
+    "no benchmarks for a measured cell": (lambda d: d.update(benchmarks=[]), "has no benchmark"),
+    "attnbench null": (lambda d: d.update(attnbench=None), "no 'attnbench' section"),
+    "cell without record": (lambda d: d["attnbench"]["cells"].pop(0), "has no record under attnbench.cells"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_suite_run(tmp_path_factory)
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+@pytest.mark.parametrize("side", ["baseline", "current"])
+def test_gate_refuses_an_untrustworthy_run_naming_what(tiny, capsys, tmp_path, case, side):
+    edit, message = REFUSALS[case]
+    data = tiny.data()
+    edit(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    pair = (bad, tiny.json_path) if side == "baseline" else (tiny.json_path, bad)
+    code, out, err = gate(capsys, *pair)
+    assert code == 2 and "cannot judge" in err and message in err, f"{case}: exit {code}, stderr:\n{err}"
+    assert "attnbench gate: OK" not in out and "attnbench gate: FAIL" not in out
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_report_refuses_an_untrustworthy_run_naming_what(tiny, capsys, tmp_path, case):
+    edit, message = REFUSALS[case]
+    data = tiny.data()
+    edit(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    code, out, err = report(capsys, bad)
+    assert code == 2 and message in err and out == "", f"{case}: exit {code}, stderr:\n{err}"
+
+
+# -- mutated runs: whatever is broken, the tools say so and never pass
+
+
+def _sites(data: dict) -> list[tuple]:
+    """Paths to every value the reader relies on, in one saved run."""
+    sites: list[tuple] = [("attnbench", "schema_version"), ("attnbench", "timing", "mode"),
+                          ("attnbench", "timing", "flush_l2"), ("attnbench", "complete"), ("attnbench", "cells"),
+                          ("attnbench",), ("machine_info",), ("machine_info", "attnbench", "env"),
+                          ("machine_info", "attnbench", "env", "device"), ("benchmarks",)]
+    for i, _ in enumerate(data["benchmarks"]):
+        sites += [("benchmarks", i, "stats"), ("benchmarks", i, "params"), ("benchmarks", i, "extra_info"),
+                  ("benchmarks", i, "fullname"), ("benchmarks", i, "extra_info", "pass"),
+                  ("benchmarks", i, "extra_info", "flops"), ("benchmarks", i, "stats", "rounds")]
+        sites += [("benchmarks", i, "stats", name) for name in record.REQUIRED_STATS]
+        sites += [("benchmarks", i, "params", axis) for axis in AXES]
+    for j, _ in enumerate(data["attnbench"]["cells"]):
+        sites += [("attnbench", "cells", j, name) for name in (*AXES, "status", *record.REQUIRED_MEMORY)]
+    return sites
+
+
+#: replacements no field the reader relies on may take; strings only where a string is not valid
+MUTATIONS = {
+    "delete": None, "null": None, "nan": math.nan, "inf": math.inf, "-inf": -math.inf, "negative": -1,
+    "list": [], "object": {}, "string": "garbage",
+}
+#: fields where any string is a valid value: mutating them to one is not a corruption
+_ANY_STRING = {"fullname"}
+
+
+def _mutate(data: dict, site: tuple, kind: str) -> bool:
+    """Apply ``kind`` at ``site``; False when that mutation would leave a valid run."""
+    *parents, last = site
+    if kind == "string" and last in _ANY_STRING:
+        return False
+    if site == ("benchmarks",) and kind in ("list",):
+        return True  # no benchmark at all for measured cells: refused
+    node = data
+    for key in parents:
+        node = node[key]
+    if kind == "delete":
+        del node[last]
+    else:
+        node[last] = copy.deepcopy(MUTATIONS[kind])
+    return True
+
+
+@given(data=st.data())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+def test_mutated_runs_are_never_judged_and_never_crash(tiny, capsys, tmp_path_factory, data):
+    run = tiny.data()
+    site = data.draw(st.sampled_from(_sites(run)), label="site")
+    kind = data.draw(st.sampled_from(list(MUTATIONS)), label="mutation")
+    if not _mutate(run, site, kind):
+        return
+    path = tmp_path_factory.mktemp("mutated") / "run.json"
+    path.write_text(json.dumps(run))  # NaN and inf are written as JSON's non-standard tokens
+    side = data.draw(st.sampled_from(["baseline", "current"]), label="side")
+    pair = (path, tiny.json_path) if side == "baseline" else (tiny.json_path, path)
+    code, out, err = gate(capsys, *pair)
+    assert code == 2 and err.startswith("attnbench gate: cannot judge"), (
+        f"{kind} at {site} ({side}): exit {code}\n{out}{err}")
+    code, out, err = report(capsys, path)
+    assert code == 2 and err.startswith("attnbench report: ") and out == "", f"{kind} at {site}: exit {code}\n{err}"
+
+
+# -- a saved run cannot be spoiled
+
+
+def _suite_cmd(*options: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-v", *TINY_GRID, *options]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLANT"}
+    return {**env, **SUITE_ENV, "PYTHONUNBUFFERED": "1"}
+
+
+def test_ctrl_c_saves_the_run_apart_marked_incomplete(tmp_path, capsys):
+    store = tmp_path / "storage"
+    # a grid long enough to interrupt: the tiny variants at more lengths, 0.2 s per benchmark
+    cmd = _suite_cmd("--benchmark-autosave", f"--benchmark-storage={store}", "--attn-seq-lens", "32,48,64,80,96",
+                     "--benchmark-max-time", "0.2")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if sum("PASSED" in x for x in lines) >= 3:
+            proc.send_signal(signal.SIGINT)
+            break
+    output = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, f"an interrupted run exits 2 (pytest's INTERRUPTED):\n{output[-3000:]}"
+    numbered = list(store.glob("*/[0-9][0-9][0-9][0-9]_*.json"))
+    apart = list(store.glob(f"*/{storage.INCOMPLETE_PREFIX}*.json"))
+    assert not numbered, f"an interrupted run must not become the newest numbered run: {numbered}"
+    assert len(apart) == 1, f"the partial run should be saved apart: {list(store.rglob('*'))}"
+    assert "INCOMPLETE RUN: interrupted (Ctrl-C)" in output, output[-3000:]
+    run = record.load(apart[0])
+    assert not run.complete and run.stop_reason == "interrupted (Ctrl-C)"
+    assert run.pending, "the cells the run never reached are recorded as pending"
+    code, _, err = report(capsys, "--storage", store)
+    assert code == 2 and "no saved runs" in err, "attnbench report must not pick the partial run"
+    code, out, err = report(capsys, apart[0])
+    assert code == 0 and "**Incomplete run:** interrupted (Ctrl-C)" in out and "WARNING" in err
+    code, _, err = gate(capsys, apart[0], apart[0])
+    assert code == 2 and "incomplete run" in err
+
+
+def test_a_second_run_into_the_same_storage_refuses_to_start(tmp_path):
+    store = tmp_path / "storage"
+    cmd = _suite_cmd("--benchmark-autosave", f"--benchmark-storage={store}", "--benchmark-max-time", "0.1")
+    first = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    lock = store / storage.LOCK_NAME
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    first_output = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, first_output[-3000:]
+    assert second.returncode == 4, f"the second run should refuse to start (usage error):\n{second.stdout[-2000:]}"
+    assert "another benchmark run is saving into" in second.stderr + second.stdout
+    assert f"pid {first.pid}" in second.stderr + second.stdout, "the message names the run holding the storage"
+    saved = list(store.glob("*/[0-9][0-9][0-9][0-9]_*.json"))
+    assert len(saved) == 1 and record.load(saved[0]).complete, saved
+
+
+def _save(args) -> str:
+    directory, index = args
+    return storage.save_numbered(Path(directory), "run", {"index": index}, complete=True).name
+
+
+def test_runs_saved_at_once_get_distinct_numbers_and_stay_intact(tmp_path):
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        names = pool.map(_save, [(str(tmp_path), i) for i in range(12)])
+    assert len(set(names)) == 12, f"two saves took one name: {sorted(names)}"
+    assert sorted(names) == [f"{n:04d}_run.json" for n in range(1, 13)]
+    assert sorted(json.loads((tmp_path / n).read_text())["index"] for n in names) == list(range(12))
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+
+
+# -- every key written is documented
+
+
+def test_readme_documents_every_saved_key():
+    readme = (REPO_ROOT / "README.md").read_text()
+    keys_section = readme[readme.index("### Saved JSON keys"):readme.index("## Gating pull requests")]
+    documented = set(re.findall(r"`([a-z_0-9]+)`", keys_section))
+    written = (set(record.RUN_KEYS) | set(record.CELL_KEYS) | set(record.PASS_KEYS) | set(record.ENV_KEYS)
+               | {"mode", "flush_l2", "env", "gpu_start", "gpu_end", "flags", "attnbench", "extra_info", "params"})
+    missing = sorted(written - documented)
+    assert not missing, f"README's 'Saved JSON keys' does not list {missing}"
+
+
+def test_a_saved_run_holds_only_keys_the_record_writes(tiny):
+    data = tiny.data()
+    assert set(data["attnbench"]) == set(record.RUN_KEYS)
+    assert set(data["machine_info"]["attnbench"]) <= {"env", "gpu_start", "gpu_end", "flags"}
+    for b in data["benchmarks"]:
+        assert set(b["extra_info"]) <= set(record.PASS_KEYS) and set(b["params"]) == set(AXES)
+    for c in data["attnbench"]["cells"]:
+        assert set(c) <= set(record.CELL_KEYS), sorted(set(c) - set(record.CELL_KEYS))
+        assert cell_key(c) in {cell_key(b["params"]) for b in data["benchmarks"]}
