@@ -25,3 +25,26 @@ def reference(
     lse = torch.logsumexp(scores, dim=-1)
     out = torch.exp(scores - lse.unsqueeze(-1)) @ v64
     return out, lse
+
+
+def blocked_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """Float64 attention without any (seq_q, seq_k) tensor: the ``tiled`` algorithm run in float64.
+
+    For judging a variant at shapes where :func:`reference`'s n×n scores would not fit. Returns out
+    (batch, heads, seq_q, head_dim) in float64; differentiable, its backward blocked too.
+    """
+    from .tiled import tiled_attention
+
+    validate_inputs(q, k, v, causal=causal)
+    return tiled_attention(q.double(), k.double(), v.double(), causal=causal)
+
+
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """The plain computation in the inputs' own precision (scores, softmax, weights @ V; the softmax
+    itself in at least fp32): the yardstick of flash-attention's tolerance rule."""
+    validate_inputs(q, k, v, causal=causal)
+    scores = (q @ k.transpose(-2, -1)) * softmax_scale(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+    weights = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
+    return weights @ v

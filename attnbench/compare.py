@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from scipy.stats import mannwhitneyu
 
-from .record import PassResult, Run
+from .accuracy import Accuracy
+from .record import TIMED_STATUSES, PassResult, Run
 
 #: memory figures compared per cell; census bytes are exact, the allocator's figures nearly so.
 MEMORY_KEYS = ("saved_bytes", "mem_before_backward_bytes", "peak_bytes")
@@ -19,6 +20,8 @@ MEMORY_KEYS = ("saved_bytes", "mem_before_backward_bytes", "peak_bytes")
 DEFAULT_TIME_STAT = "median"
 DEFAULT_TIME_PCT = 10.0
 DEFAULT_MEMORY_PCT = 0.0
+#: an error that grows by more than this factor regresses, even within its bound.
+DEFAULT_ACCURACY_FACTOR = 4.0
 #: time statistics a gate may use (pytest-benchmark's names).
 TIME_STATS = ("min", "max", "mean", "median")
 #: one-sided Mann-Whitney p-value below which per-round times count as a real shift (only when both
@@ -144,8 +147,37 @@ def compare_memory(cell: str, before: dict, after: dict, *, threshold_pct: float
     return findings
 
 
+def compare_accuracy(cell: str, before: Accuracy, after: Accuracy, *, factor: float) -> list[Finding]:
+    """Each result tensor whose max error grew (or shrank) by more than ``factor``.
+
+    Errors below the cell's floor count as the floor, so a move between two round-off-sized errors (or from
+    an exact zero) is not a finding; an error that became NaN/Inf regresses.
+    """
+    findings = []
+    for name, a in after.tensors.items():
+        b = before.tensors.get(name)
+        if b is None:
+            continue
+        metric = f"{name} max error"
+        if a.max_abs_error is None or b.max_abs_error is None:
+            if (a.max_abs_error is None) != (b.max_abs_error is None):
+                findings.append(Finding(cell, metric, _error_text(b), _error_text(a),
+                                        regression=a.max_abs_error is None, improvement=b.max_abs_error is None))
+            continue
+        floor = max(before.floor, after.floor)
+        grown, was = max(a.max_abs_error, floor), max(b.max_abs_error, floor)
+        if grown > factor * was or was > factor * grown:
+            findings.append(Finding(cell, metric, b.max_abs_error, a.max_abs_error, regression=grown > factor * was,
+                                    improvement=was > factor * grown, note=f"factor {factor:g}, floor {floor:.3g}"))
+    return findings
+
+
+def _error_text(t) -> str | float:
+    return t.max_abs_error if t.max_abs_error is not None else f"{t.nan_count} NaN, {t.inf_count} Inf"
+
+
 def status_change(cell: str, before: str, after: str) -> Finding | None:
-    """A cell measured in one run and not in the other (OOM, capture failed): regression or improvement."""
+    """A cell fine in one run and not in the other (wrong, OOM, capture failed): regression or improvement."""
     was_ok, is_ok = before == "ok", after == "ok"
     if was_ok == is_ok:
         return None
@@ -167,8 +199,9 @@ def environment_mismatches(baseline: Run, current: Run) -> list[str]:
 
 
 def compare_runs(baseline: Run, current: Run, *, time_stat: str = DEFAULT_TIME_STAT,
-                 time_pct: float | None = DEFAULT_TIME_PCT, memory_pct: float = DEFAULT_MEMORY_PCT) -> Comparison:
-    """Latency per benchmark, memory and status per cell, of two runs (``time_pct=None``: no time gate)."""
+                 time_pct: float | None = DEFAULT_TIME_PCT, memory_pct: float | None = DEFAULT_MEMORY_PCT,
+                 accuracy_factor: float | None = DEFAULT_ACCURACY_FACTOR) -> Comparison:
+    """Latency per benchmark; memory, accuracy and status per cell, of two runs (None: that gate off)."""
     findings: list[Finding] = []
     before_passes, after_passes = baseline.passes(), current.passes()
     common = sorted(before_passes.keys() & after_passes.keys())
@@ -187,8 +220,11 @@ def compare_runs(baseline: Run, current: Run, *, time_stat: str = DEFAULT_TIME_S
         change = status_change(key, before.status, after.status)
         if change is not None:
             findings.append(change)
-        elif before.status == after.status == "ok":
+        if before.status in TIMED_STATUSES and after.status in TIMED_STATUSES and memory_pct is not None:
             findings += compare_memory(key, before.memory, after.memory, threshold_pct=memory_pct)
+        if before.status in TIMED_STATUSES and after.status in TIMED_STATUSES:
+            if accuracy_factor is not None and before.accuracy is not None and after.accuracy is not None:
+                findings += compare_accuracy(key, before.accuracy, after.accuracy, factor=accuracy_factor)
 
     def names(passes: dict, keys) -> list[str]:
         return sorted(passes[k].short_name for k in keys)

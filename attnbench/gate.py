@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import render
 from .compare import (
+    DEFAULT_ACCURACY_FACTOR,
     DEFAULT_MEMORY_PCT,
     DEFAULT_TIME_PCT,
     DEFAULT_TIME_STAT,
@@ -29,7 +30,7 @@ from .compare import (
     compare_runs,
     environment_mismatches,
 )
-from .grid import parse_percent
+from .grid import parse_factor, parse_percent
 from .record import Run, RunError, load
 
 EXIT_OK, EXIT_REGRESSION, EXIT_CANNOT_JUDGE, EXIT_OUTPUT_ERROR = 0, 1, 2, 3
@@ -75,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              f"(default: {DEFAULT_MEMORY_PCT:g}: census bytes are exact, any growth counts)",
     )
     parser.add_argument(
+        "--accuracy", dest="accuracy_factor", type=parse_factor, metavar="FACTOR", default=DEFAULT_ACCURACY_FACTOR,
+        help=f"a cell regresses when a result's max error against the float64 reference grows by more than FACTOR "
+             f"(errors below the cell's floor count as the floor), or the cell became wrong "
+             f"(default: {DEFAULT_ACCURACY_FACTOR:g})",
+    )
+    parser.add_argument(
         "--allow-env-mismatch", action="store_true",
         help=f"compare runs whose environments differ ({', '.join(ENV_KEYS)}); a warning is printed",
     )
@@ -111,7 +118,8 @@ def judge(args) -> tuple[int, str]:
             "to compare anyway."
         )
     stat, time_pct = args.time_rule
-    comparison = compare_runs(baseline, current, time_stat=stat, time_pct=time_pct, memory_pct=args.memory_pct)
+    comparison = compare_runs(baseline, current, time_stat=stat, time_pct=time_pct, memory_pct=args.memory_pct,
+                              accuracy_factor=args.accuracy_factor)
     if comparison.cells_compared == 0:
         raise CannotJudge(
             f"no cells in common between {args.baseline} ({len(baseline.cells)} cells) and {args.current} "
@@ -124,7 +132,8 @@ def judge(args) -> tuple[int, str]:
     lines.append(f"Baseline {baseline.label} vs current {current.label}; timing {current.timing.describe()}.")
     lines.append(
         f"Rules: time {stat} more than {time_pct:g}% slower/faster and outside both runs' IQRs; memory more than "
-        f"{args.memory_pct:g}% larger/smaller; a cell measured in one run only (OOM, capture failed). "
+        f"{args.memory_pct:g}% larger/smaller; max error {args.accuracy_factor:g}× larger/smaller; a cell fine in "
+        f"one run only (wrong, OOM, capture failed). "
         f"Compared {comparison.benchmarks_compared} benchmarks in {comparison.cells_compared} cells."
     )
     if mismatches:
@@ -209,7 +218,11 @@ def _table(findings: list[Finding]) -> str:
 def _value(metric: str, value) -> str:
     if not isinstance(value, (int, float)):
         return str(value)
-    return render.duration(value) if metric.endswith("time") else render.size(value)
+    if metric.endswith("time"):
+        return render.duration(value)
+    if metric.endswith("error"):
+        return f"{value:.3g}"
+    return render.size(value)
 
 
 if __name__ == "__main__":

@@ -227,6 +227,17 @@ def parse_percent(text: str) -> float:
     return value
 
 
+
+def parse_factor(text: str) -> float:
+    """'4' -> 4.0: a finite factor of at least 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a factor (expected a number >= 1, e.g. 4)") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite factor >= 1 (e.g. 4)")
+    return value
+
 def expand(device: str, preset_name: str, *, variants: tuple[str, ...] | None = None,
            seq_lens: tuple[int, ...] | None = None, head_dims: tuple[int, ...] | None = None,
            batch: int | None = None, heads: int | None = None, dtypes: tuple[str, ...] | None = None,

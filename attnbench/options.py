@@ -18,6 +18,7 @@ from .grid import (
     parse_causal,
     parse_device,
     parse_dtypes,
+    parse_factor,
     parse_percent,
     parse_positive_int,
     parse_positive_ints,
@@ -27,6 +28,8 @@ from .grid import (
 from .timing import TIMING_MODES
 
 DEFAULT_TIMING = "device"
+DEFAULT_ACCURACY = "on"
+DEFAULT_ACCURACY_COMPARE_FACTOR = 4.0
 
 
 def parse_timing(text: str) -> str:
@@ -34,6 +37,13 @@ def parse_timing(text: str) -> str:
     if text not in TIMING_MODES:
         raise argparse.ArgumentTypeError(f"unknown timing mode {text!r}; allowed: {', '.join(TIMING_MODES)}")
     return text
+
+
+def parse_on_off(text: str) -> str:
+    """'on' or 'off'."""
+    if str(text).lower() not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither on nor off; allowed: on, off")
+    return str(text).lower()
 
 
 # (name, parser, metavar, help). Each is a CLI option --attn-NAME and an ini key attn_NAME.
@@ -52,6 +62,12 @@ VALUE_OPTIONS = [
     ("timing", parse_timing, "MODE",
      f"{', '.join(TIMING_MODES)}: the GPU's execution (host launches hidden), host wall clock with a "
      f"synchronize (launches included), or CUDA-graph replay (default: {DEFAULT_TIMING})"),
+    ("accuracy", parse_on_off, "on|off",
+     "measure every cell's output and gradient errors against a float64 reference (outside the timed region); "
+     f"a cell past its bound is wrong and fails the run (default: {DEFAULT_ACCURACY})"),
+    ("accuracy-compare-fail", parse_factor, "FACTOR",
+     "with --benchmark-compare: fail when a cell's max error grew by more than FACTOR against that run "
+     f"(default: {DEFAULT_ACCURACY_COMPARE_FACTOR:g})"),
     ("memory-compare-fail", parse_percent, "PCT",
      "fail when a cell's saved bytes, memory before backward or peak grows by more than PCT%% against "
      "--benchmark-compare's run, or a cell measured there is not measured now (default: off)"),

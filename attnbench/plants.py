@@ -8,6 +8,8 @@ A plant names a variant and what to do to it::
     slow:VARIANT:FRACTION   every timed call spends FRACTION × its own median more (GPU spin, or host
                             busy-wait on CPU)
     extra_nxn:VARIANT       the forward keeps one more n×n tensor for backward
+    wrong:VARIANT:REL       the output (and so every gradient) is off by the relative error REL, what a
+                            log-sum-exp off by REL does to a flash kernel
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 PLANT_ENV = "ATTNBENCH_PLANT"
-FORMS = "slow:VARIANT:FRACTION or extra_nxn:VARIANT"
+FORMS = "slow:VARIANT:FRACTION, extra_nxn:VARIANT or wrong:VARIANT:REL"
 
 
 @dataclass
@@ -28,21 +30,27 @@ class Plant:
 
     slow: float = 0.0
     extra_nxn: bool = False
+    wrong: float = 0.0
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in (("slow", self.slow), ("extra_nxn", 1 if self.extra_nxn else 0)) if v}
+        fields = (("slow", self.slow), ("extra_nxn", 1 if self.extra_nxn else 0), ("wrong", self.wrong))
+        return {k: v for k, v in fields if v}
 
     def wrap_attention(self, attention: Callable) -> Callable:
-        """``attention`` that also keeps an extra n×n tensor for backward, when planted."""
-        if not self.extra_nxn:
+        """``attention`` with what is planted: an extra n×n tensor kept, a relative error in the output."""
+        if not (self.extra_nxn or self.wrong):
             return attention
 
-        def with_extra(q, k, v):
+        def planted(q, k, v):
             out = attention(q, k, v)
-            extra = torch.empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2], device=q.device, dtype=q.dtype)
-            return _KeepExtraNxN.apply(out, extra)
+            if self.wrong:
+                out = out * (1 + self.wrong)
+            if self.extra_nxn:
+                extra = torch.empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2], device=q.device, dtype=q.dtype)
+                out = _KeepExtraNxN.apply(out, extra)
+            return out
 
-        return with_extra
+        return planted
 
     def slow_target(self, target: Callable[[], object], median_s: Callable[[], float], device: str) -> Callable:
         """``target`` made slower by ``slow`` × its median (``median_s()`` measures it), when planted."""
@@ -62,15 +70,15 @@ def parse_plants(text: str | None) -> dict[str, Plant]:
     plants: dict[str, Plant] = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         parts = item.split(":")
-        if parts[0] == "slow" and len(parts) == 3:
+        if parts[0] in ("slow", "wrong") and len(parts) == 3:
             try:
-                fraction = float(parts[2])
+                amount = float(parts[2])
             except ValueError:
-                fraction = float("nan")
-            if not fraction > 0 or fraction == float("inf"):
-                raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; FRACTION must be a positive number; "
-                                 f"expected {FORMS}")
-            plants.setdefault(parts[1], Plant()).slow = fraction
+                amount = float("nan")
+            if not amount > 0 or amount == float("inf"):
+                raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; {parts[0].upper()} amount must be a positive "
+                                 f"number; expected {FORMS}")
+            setattr(plants.setdefault(parts[1], Plant()), parts[0], amount)
         elif parts[0] == "extra_nxn" and len(parts) == 2:
             plants.setdefault(parts[1], Plant()).extra_nxn = True
         else:

@@ -28,6 +28,8 @@ class AttnSession:
     left_out: dict[str, str]
     timing: Timing
     timing_check: bool
+    accuracy: bool
+    accuracy_compare_fail: float
     memory_compare_fail: float | None
     plants: dict
     max_time_s: float = 0.0
@@ -43,13 +45,14 @@ class AttnSession:
     storage_lock: object = None
     pytest_session: pytest.Session | None = None
     compared_runs: list[Run] = field(default_factory=list)  # --benchmark-compare's runs, read by our reader
-    memory_findings: list = field(default_factory=list)
+    compare_findings: list = field(default_factory=list)  # regressions against --benchmark-compare's run
 
     def runner(self, cell: Cell) -> CellRunner:
         if cell.key not in self.runners:
             runner = self.runners[cell.key] = CellRunner(
                 cell, max_time_s=self.max_time_s, min_rounds=self.min_rounds, timing=self.timing,
-                timing_check=self.timing_check, clock=self.clock, plant=self.plants.get(cell.variant),
+                timing_check=self.timing_check, accuracy=self.accuracy, clock=self.clock,
+                plant=self.plants.get(cell.variant),
             )
             self.records[cell.key] = runner.record
         return self.runners[cell.key]
@@ -96,6 +99,8 @@ def _build_session(config: pytest.Config) -> AttnSession:
     return AttnSession(
         device=device, preset=preset, cells=cells, left_out=left_out, timing=timing,
         timing_check=opts["timing-check"], memory_compare_fail=opts["memory-compare-fail"], plants=_plants(),
+        accuracy=(opts["accuracy"] or options.DEFAULT_ACCURACY) == "on",
+        accuracy_compare_fail=opts["accuracy-compare-fail"] or options.DEFAULT_ACCURACY_COMPARE_FACTOR,
         clock=DeviceClock() if device == "cuda" and timing.mode != "wall" else None,
     )
 
@@ -142,7 +147,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """One line for the grid, one per variant left out and why."""
     s = attn_session(config)
     lines = [f"attnbench: device={s.device} preset={s.preset} cells={len(s.cells)} timing={s.timing.describe()} "
-             f"max_time={s.max_time_s:g}s min_rounds={s.min_rounds}"]
+             f"accuracy={'on' if s.accuracy else 'off'} max_time={s.max_time_s:g}s min_rounds={s.min_rounds}"]
     lines += [f"attnbench: left out {name}: {reason}" for name, reason in s.left_out.items()]
     if s.plants:
         lines.append(f"attnbench: PLANTED REGRESSIONS ACTIVE: { {k: p.as_dict() for k, p in s.plants.items()} }")
@@ -331,15 +336,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
         s.stop_reason = _STOPS[exitstatus]
     elif session.shouldstop or session.shouldfail:
         s.stop_reason = f"stopped early: {session.shouldstop or session.shouldfail}"
-    if s.memory_compare_fail is not None:
+    compare = s.memory_compare_fail is not None or (s.accuracy and s.compared_runs)
+    if compare:
         from .compare import compare_runs
 
         current = _current_run(s)
         for baseline in s.compared_runs:
-            comparison = compare_runs(baseline, current, time_pct=None, memory_pct=s.memory_compare_fail)
-            s.memory_findings += comparison.regressions
-        if s.memory_findings and session.exitstatus == 0:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            comparison = compare_runs(baseline, current, time_pct=None, memory_pct=s.memory_compare_fail,
+                                      accuracy_factor=s.accuracy_compare_fail if s.accuracy else None)
+            s.compare_findings += [f for f in comparison.regressions if f.metric != "status" or f.current != "wrong"]
+    wrong = [r for r in s.records.values() if r.status == "wrong"]
+    if (s.compare_findings or wrong) and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     yield
 
 
@@ -379,8 +387,8 @@ def _summary(terminalreporter, config: pytest.Config) -> None:
         return
     tr = terminalreporter
     tr.section("attnbench")
-    not_ok = [r for r in records if r.status not in ("ok", "pending")]
-    tr.write_line(f"{sum(r.status == 'ok' for r in records)} cells measured, "
+    not_ok = [r for r in records if r.status not in ("ok", "wrong", "pending")]
+    tr.write_line(f"{sum(r.status in ('ok', 'wrong') for r in records)} cells measured, "
                   f"{sum(r.is_oom for r in records)} OOM, timing {s.timing.describe()}")
     for r in not_ok:
         tr.write_line(f"  {r.status}: {r.key}: {r.message}")
@@ -393,9 +401,16 @@ def _summary(terminalreporter, config: pytest.Config) -> None:
 
         for flag in flags(s.gpu_start, gpu_sample()):
             tr.write_line(f"WARNING: {flag}; timings from this run may not be trustworthy", yellow=True, bold=True)
-    if s.memory_findings:
-        tr.write_line(f"Memory has regressed (threshold {s.memory_compare_fail}%):", red=True, bold=True)
-        for f in s.memory_findings:
+    wrong = [r for r in records if r.status == "wrong"]
+    if wrong:
+        tr.write_line(f"FAIL: {len(wrong)} cell(s) computed wrong results (past the accuracy bound; "
+                      "--attn-accuracy off skips the check):", red=True, bold=True)
+        for r in wrong:
+            tr.write_line(f"  {r.key}: {r.message}", red=True)
+    if s.compare_findings:
+        tr.write_line(f"Regressed against --benchmark-compare's run (memory {s.memory_compare_fail}%, "
+                      f"accuracy factor {s.accuracy_compare_fail:g}):", red=True, bold=True)
+        for f in s.compare_findings:
             tr.write_line(f"  {f.describe()}", red=True)
 
 

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .accuracy import TENSORS, Accuracy, TensorError
 from .grid import AXES, DTYPES, Cell, cell_key
 
 SCHEMA_VERSION = 2
@@ -32,10 +33,12 @@ READABLE_SCHEMAS = (1, 2)
 DEFAULT_STORAGE = ".benchmarks"
 
 PASSES = ("forward", "backward")
-#: ok: measured; oom-*: does not fit (predicted before running, or the allocator failed);
-#: capture-failed: the variant cannot be captured in a CUDA graph (timing mode cudagraph);
-#: pending: the run stopped before the cell finished.
-STATUSES = ("ok", "oom-predicted", "oom-measured", "capture-failed", "pending")
+#: ok: measured; wrong: measured, but a result is past its accuracy bound; oom-*: does not fit (predicted
+#: before running, or the allocator failed); capture-failed: the variant cannot be captured in a CUDA graph
+#: (timing mode cudagraph); pending: the run stopped before the cell finished.
+STATUSES = ("ok", "wrong", "oom-predicted", "oom-measured", "capture-failed", "pending")
+#: statuses whose benchmarks were timed.
+TIMED_STATUSES = ("ok", "wrong")
 TIMING_MODES = ("device", "wall", "cudagraph")
 #: a cell's memory figures: census, memory model, and on CUDA the allocator's.
 MEMORY_KEYS = ("saved_nxn", "saved_bytes", "predicted_before_backward_bytes", "predicted_peak_bytes",
@@ -50,7 +53,10 @@ OPTIONAL_PASS_KEYS = ("warmup_wall_s", "event_median_s", "launch_slack_s")
 REQUIRED_STATS = ("min", "max", "mean", "median", "q1", "q3", "iqr")
 #: keys of the run's attnbench section, and of each cell record in it.
 RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_reason", "cells")
-CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS)
+CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy")
+#: keys of a cell's ``accuracy`` record, and of each of its tensors' (attnbench.accuracy).
+ACCURACY_KEYS = ("plain_fits", "floor", "tensors")
+TENSOR_ERROR_KEYS = ("max_abs_error", "rel_rms_error", "plain_max_abs_error", "bound", "nan_count", "inf_count")
 #: keys of machine_info.attnbench.env.
 ENV_KEYS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "python", "gpu_memory_bytes", "sm_count")
 
@@ -108,6 +114,7 @@ class CellRecord:
     message: str = ""
     memory: dict[str, int] = field(default_factory=dict)
     passes: dict[str, PassResult] = field(default_factory=dict)
+    accuracy: Accuracy | None = None
 
     @property
     def key(self) -> str:
@@ -184,8 +191,17 @@ def pass_extra_info(pass_name: str, flops: float, **checks: float) -> dict:
 
 def cell_section(rec: CellRecord) -> dict:
     """One cell's record under ``attnbench.cells``."""
-    return {**rec.cell.params(), "status": rec.status, "message": rec.message,
-            **{k: rec.memory[k] for k in MEMORY_KEYS if rec.memory.get(k) is not None}}
+    section = {**rec.cell.params(), "status": rec.status, "message": rec.message,
+               **{k: rec.memory[k] for k in MEMORY_KEYS if rec.memory.get(k) is not None}}
+    if rec.accuracy is not None:
+        section["accuracy"] = accuracy_section(rec.accuracy)
+    return section
+
+
+def accuracy_section(acc: Accuracy) -> dict:
+    """A cell's ``accuracy``: whether the plain computation fitted, the floor, and each tensor's errors."""
+    return {"plain_fits": acc.plain_fits, "floor": acc.floor,
+            "tensors": {name: {k: getattr(t, k) for k in TENSOR_ERROR_KEYS} for name, t in acc.tensors.items()}}
 
 
 def run_section(*, preset: str, timing: Timing, plants: dict, complete: bool, stop_reason: str,
@@ -387,8 +403,8 @@ class _Reader:
         cells = self.cells(device)
         other = self.benchmarks(cells, device)
         for key, rec in cells.items():
-            if rec.status == "ok" and not rec.passes:
-                self.fail(f"cell {key}", "measured (status ok) but has no benchmark in the run")
+            if rec.status in TIMED_STATUSES and not rec.passes:
+                self.fail(f"cell {key}", f"measured (status {rec.status}) but has no benchmark in the run")
         pending = [k for k, rec in cells.items() if rec.status == "pending"]
         if pending and complete:
             # a schema-1 run interrupted before its cells finished (schema 2 records that itself)
@@ -424,13 +440,40 @@ class _Reader:
             for name in MEMORY_KEYS:
                 if fields.get(name) is not None:
                     memory[name] = self.number(entry, name, fields[name], integer=True)
-            if status == "ok":
+            if status in TIMED_STATUSES:
                 required = REQUIRED_MEMORY + (REQUIRED_CUDA_MEMORY if device == "cuda" else ())
                 missing = [name for name in required if name not in memory]
                 if missing:
-                    self.fail(entry, f"measured (status ok) but {', '.join(missing)} missing")
-            cells[cell.key] = CellRecord(cell, status, str(fields.get("message") or ""), memory)
+                    self.fail(entry, f"measured (status {status}) but {', '.join(missing)} missing")
+            accuracy = self.accuracy(entry, fields["accuracy"]) if fields.get("accuracy") is not None else None
+            if status == "wrong" and accuracy is None:
+                self.fail(entry, "status wrong but no accuracy record")
+            cells[cell.key] = CellRecord(cell, status, str(fields.get("message") or ""), memory, accuracy=accuracy)
         return cells
+
+    def accuracy(self, entry: str, fields) -> Accuracy:
+        fields = self.mapping(entry, "accuracy", fields)
+        if not isinstance(fields.get("plain_fits"), bool):
+            self.fail(entry, "accuracy.plain_fits is not true or false")
+        floor = self.number(entry, "accuracy.floor", fields.get("floor"))
+        tensors_fields = self.mapping(entry, "accuracy.tensors", fields.get("tensors"))
+        if set(tensors_fields) != set(TENSORS):
+            self.fail(entry, f"accuracy.tensors holds {sorted(tensors_fields)}, expected {', '.join(TENSORS)}")
+        tensors = {}
+        for name in TENSORS:
+            t = self.mapping(entry, f"accuracy.tensors.{name}", tensors_fields[name])
+            where = f"accuracy.tensors.{name}"
+            counts = {k: self.number(entry, f"{where}.{k}", t.get(k), integer=True) for k in ("nan_count", "inf_count")}
+            errors = {}
+            for k in ("max_abs_error", "rel_rms_error"):
+                if t.get(k) is None and not (counts["nan_count"] or counts["inf_count"]):
+                    self.fail(entry, f"{where}.{k} is missing, and the result was finite")
+                errors[k] = None if t.get(k) is None else self.number(entry, f"{where}.{k}", t[k])
+            plain = t.get("plain_max_abs_error")
+            plain = None if plain is None else self.number(entry, f"{where}.plain_max_abs_error", plain)
+            bound = self.number(entry, f"{where}.bound", t.get("bound"))
+            tensors[name] = TensorError(errors["max_abs_error"], errors["rel_rms_error"], plain, bound, **counts)
+        return Accuracy(tensors, fields["plain_fits"], floor)
 
     def benchmarks(self, cells: dict[str, CellRecord], device: str) -> int:
         """Attach each benchmark to its cell; returns how many benchmarks are not attnbench's."""

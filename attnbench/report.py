@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import render
-from .record import DEFAULT_STORAGE, CellRecord, Run, RunError, load, newest_run
+from .record import DEFAULT_STORAGE, TIMED_STATUSES, CellRecord, Run, RunError, load, newest_run
 
 MIB = 2**20
 #: n×n tensors kept for backward as the seed write-up claims them (its "Memory Comparison" table).
@@ -28,6 +28,9 @@ SCALING_FIT_POINTS = 3
 #: a pass is launch-bound when its device time is below this fraction of one synchronized call's wall time.
 LAUNCH_BOUND_RATIO = 0.8
 LAUNCH_BOUND_MARK = "†"
+WRONG_MARK = " ✗"
+#: the accuracy section lists this many worst cells per variant and dtype.
+WORST_CELLS = 3
 EXIT_OK, EXIT_CANNOT_READ, EXIT_OUTPUT_ERROR = 0, 2, 3
 
 
@@ -49,7 +52,31 @@ def launch_bound(run: Run, cell: CellRecord, pass_name: str) -> bool:
 
 def _time(run: Run, cell: CellRecord, pass_name: str) -> str:
     text = render.ms(cell.median_s(pass_name))
-    return text + LAUNCH_BOUND_MARK if launch_bound(run, cell, pass_name) else text
+    if launch_bound(run, cell, pass_name):
+        text += LAUNCH_BOUND_MARK
+    return text + WRONG_MARK if cell.status == "wrong" else text
+
+
+def worst_error(cell: CellRecord) -> tuple[str, float | None] | None:
+    """The tensor with the largest error relative to the plain computation's (None without accuracy)."""
+    if cell.accuracy is None:
+        return None
+    ratios = [(name, cell.accuracy.ratio_to_plain(name)) for name in cell.accuracy.tensors]
+    if any(t.max_abs_error is None for t in cell.accuracy.tensors.values()):
+        return next((name, None) for name, t in cell.accuracy.tensors.items() if t.max_abs_error is None)
+    known = [r for r in ratios if r[1] is not None]
+    return max(known, key=lambda r: r[1]) if known else (ratios[0][0], None)
+
+
+def _error_text(cell: CellRecord) -> str:
+    worst = worst_error(cell)
+    if worst is None:
+        return render.MISSING
+    name, ratio = worst
+    if ratio is None:
+        t = cell.accuracy.tensors[name]
+        return f"{name}: NaN/Inf" if t.max_abs_error is None else f"{name}: {t.max_abs_error:.2g} (no plain)"
+    return f"{ratio:.2f}× ({name})"
 
 
 def _groups(run: Run) -> dict[tuple, list[CellRecord]]:
@@ -101,7 +128,7 @@ def _largest_common_cell(run: Run) -> tuple | None:
         c = rec.cell
         mode = (c.dtype, c.causal)
         variants_per_mode[mode].add(c.variant)
-        if rec.status == "ok":
+        if rec.status in TIMED_STATUSES:
             shape_variants[(c.seq_len, c.head_dim, c.batch, c.heads, *mode)].add(c.variant)
     complete = [s for s, vs in shape_variants.items() if vs == variants_per_mode[s[4:]]]
     return max(complete, key=lambda s: (s[0], s[1])) if complete else None
@@ -127,10 +154,12 @@ def comparison(run: Run) -> list[str]:
             v, str(m.get("saved_nxn", render.MISSING)), str(SEED_CLAIMED_NXN.get(v, render.MISSING)),
             render.mib(m.get("saved_bytes")), render.mib(m.get("mem_before_backward_bytes")),
             render.mib(m.get("peak_bytes")), _time(run, c, "forward"), _time(run, c, "backward"),
-            _tflops(c, "forward"), _tflops(c, "backward"),
+            _tflops(c, "forward"), _tflops(c, "backward"), _error_text(c),
         ])
     header = ["variant", "n×n saved (measured)", "seed claims", "saved MiB", "before backward MiB", "peak MiB",
-              "fwd ms", "bwd ms", "fwd TFLOP/s", "bwd TFLOP/s"]
+              "fwd ms", "bwd ms", "fwd TFLOP/s", "bwd TFLOP/s", "worst error / plain"]
+    if all(c.accuracy is None for c in cells):  # a run made without the accuracy check
+        header, rows = header[:-1], [row[:-1] for row in rows]
     title = (f"### Variants at seq_len {seq_len}, head_dim {head_dim}, batch {batch}, heads {heads}, {dtype}, "
              f"{'causal' if causal else 'non-causal'}")
     return [title, "", render.table(header, rows), ""]
@@ -154,7 +183,7 @@ def scaling(run: Run) -> list[str]:
     rows = []
     for (variant, dtype, causal), cells in _groups(run).items():
         head_dim = max(c.cell.head_dim for c in cells)
-        ok = sorted((c for c in cells if c.cell.head_dim == head_dim and c.status == "ok"),
+        ok = sorted((c for c in cells if c.cell.head_dim == head_dim and c.status in TIMED_STATUSES),
                     key=lambda c: c.cell.seq_len)[-SCALING_FIT_POINTS:]
         xs = [c.cell.seq_len for c in ok]
 
@@ -229,6 +258,38 @@ def timing_check(run: Run) -> list[str]:
             f"{render.ms(worst[2])} ms ({render.percent(worst[0])}).", ""]
 
 
+def accuracy_section(run: Run) -> list[str]:
+    """Per variant and dtype: how many cells were checked, how many were wrong, and the worst cells."""
+    groups: dict[tuple, list[CellRecord]] = defaultdict(list)
+    for rec in run.cells.values():
+        if rec.accuracy is not None:
+            groups[(rec.cell.variant, rec.cell.dtype)].append(rec)
+    if not groups:
+        return []
+
+    def badness(rec: CellRecord) -> float:
+        worst = worst_error(rec)
+        if worst is None:
+            return 0.0
+        t = rec.accuracy.tensors[worst[0]]
+        return math.inf if t.max_abs_error is None else (worst[1] or t.max_abs_error / t.bound)
+
+    rows = []
+    for (variant, dtype), cells in groups.items():
+        worst = sorted(cells, key=badness, reverse=True)[:WORST_CELLS]
+        rows.append([variant, dtype, str(len(cells)), str(sum(c.status == "wrong" for c in cells)),
+                     str(sum(not c.accuracy.plain_fits for c in cells)),
+                     "<br>".join(f"{c.key}: {_error_text(c)}" for c in worst)])
+    return ["### Accuracy", "",
+            "Each cell's output and dq, dk, dv against a float64 reference at the cell's shape (the tiled algorithm "
+            "in float64), as a multiple of the plain same-precision computation's error (or of the floor, where "
+            "that is larger); a cell past its bound "
+            f"(2× for the output, 3× for gradients, plus a floor: docs/accuracy.md) is wrong ({WRONG_MARK.strip()} "
+            "in the tables). \"no plain\": the plain computation did not fit, the bound is the floor alone.", "",
+            render.table(["variant", "dtype", "cells", "wrong", "no plain", f"worst {WORST_CELLS} (error / plain)"],
+                         rows), ""]
+
+
 def launch_bound_section(run: Run) -> list[str]:
     """Passes whose device time is well under one synchronized call's wall time: launch-bound."""
     rows = []
@@ -272,10 +333,14 @@ def machine(run: Run) -> list[str]:
 
 def render_report(run: Run) -> str:
     """The whole markdown report."""
-    not_measured = [c for c in run.cells.values() if c.status not in ("ok", "pending")]
+    not_measured = [c for c in run.cells.values() if c.status not in ("ok", "wrong", "pending")]
     lines = [f"# attnbench results: {run.device_label}", ""] + machine(run)
     lines += ["## Comparison", ""] + comparison(run) + scaling(run) + memory_model_check(run) + timing_check(run)
-    lines += launch_bound_section(run)
+    lines += accuracy_section(run) + launch_bound_section(run)
+    wrong = [c for c in run.cells.values() if c.status == "wrong"]
+    if wrong:
+        lines += ["## Wrong results", ""]
+        lines += [f"- `{c.key}`: {c.message}" for c in wrong] + [""]
     if not_measured:
         lines += ["## Not measured", ""]
         lines += [f"- `{c.key}`: {c.status} ({c.message})" for c in not_measured] + [""]
@@ -301,7 +366,7 @@ def write_plots(run: Run, directory: Path) -> list[Path]:
                   ("memory MiB", lambda c: (_memory(c) or 0) / MIB))
         by_variant: dict[str, list[CellRecord]] = defaultdict(list)
         for c in cells:
-            if c.status == "ok":
+            if c.status in TIMED_STATUSES:
                 by_variant[c.cell.variant].append(c)
         for ax, (label, value) in zip(axes, panels, strict=True):
             for variant, vcells in by_variant.items():

@@ -17,6 +17,7 @@ import torch
 
 from attention_impls import get_variant
 
+from . import accuracy
 from .census import census_of_attention
 from .grid import Cell
 from .machine import available_host_memory_bytes
@@ -63,13 +64,14 @@ class CellRunner:
     """Measures one cell; shared by its forward and backward benchmarks."""
 
     def __init__(self, cell: Cell, *, max_time_s: float, min_rounds: int, timing: Timing = Timing(),
-                 timing_check: bool = False, clock: DeviceClock | None = None, plant=None):
+                 timing_check: bool = False, accuracy: bool = False, clock: DeviceClock | None = None, plant=None):
         self.cell = cell
         self.variant = get_variant(cell.variant)
         self.max_time_s = max_time_s
         self.min_rounds = min_rounds
         self.timing = timing
         self.timing_check = timing_check
+        self.check_accuracy = accuracy
         self.clock = clock
         self.record = CellRecord(cell)
         self._attention = (lambda q, k, v: self.variant.fn(q, k, v, causal=cell.causal))
@@ -145,19 +147,44 @@ class CellRunner:
             memory["peak_bytes"] = torch.cuda.max_memory_allocated() - base
         return self.record
 
+    def measure_accuracy(self) -> None:
+        """Errors of the output and gradients at the cell's shape against float64; status wrong past the bound."""
+        rec, c = self.record, self.cell
+        plain_peak = predict("torch_softmax", batch=c.batch, heads=c.heads, seq_len=c.seq_len, head_dim=c.head_dim,
+                             dtype=c.torch_dtype, causal=c.causal).peak_bytes
+        try:
+            self._check_fits(plain_peak)
+            plain_fits = True
+        except CellOOM:
+            plain_fits = False
+        q, k, v, grad_out = self.inputs()
+        try:
+            rec.accuracy = accuracy.measure(self.attention, q, k, v, grad_out, causal=c.causal, plain_fits=plain_fits)
+        except torch.OutOfMemoryError as exc:
+            rec.message = f"accuracy not measured: {str(exc).splitlines()[0]}"
+            return
+        finally:
+            del q, k, v, grad_out
+        if rec.accuracy.wrong:
+            rec.status, rec.message = "wrong", rec.accuracy.describe_wrong()
+
     def ensure_probed(self) -> None:
-        """Probe once; an OOM cell is recorded as such and its benchmarks skip with the numbers."""
+        """Probe once (and check accuracy); an OOM cell is recorded as such and its benchmarks skip with the
+        numbers. A wrong cell is timed all the same: how fast a wrong kernel is belongs in the record."""
         rec = self.record
         if rec.status == "pending":
             try:
                 self.probe()
                 rec.status = "ok"
+                release_memory()
+                if self.check_accuracy:
+                    self.measure_accuracy()
             except CellOOM as exc:
                 rec.status, rec.message = exc.kind, str(exc)
             except torch.OutOfMemoryError as exc:
                 rec.status, rec.message = "oom-measured", str(exc).splitlines()[0]
             release_memory()  # outside the except: the traceback no longer pins the tensors
-        if rec.status not in ("ok", "capture-failed"):
+        if rec.status not in ("ok", "wrong", "capture-failed"):
             pytest.skip(f"{rec.status}: {rec.message}")
 
     # -- what is timed

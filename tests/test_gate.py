@@ -304,7 +304,7 @@ def test_cli_wires_the_gate(runs, capsys):
 def test_in_run_memory_gate_fails_on_extra_nxn(runs):
     run = runs.extra_nxn
     assert run.returncode != 0, f"--attn-memory-compare-fail=0 should fail the planted run:\n{run.output[-3000:]}"
-    assert "Memory has regressed" in run.output, run.output[-3000:]
+    assert "Regressed against --benchmark-compare's run (memory 0.0%" in run.output, run.output[-3000:]
     offenders = re.findall(r"^  ([a-z_]+)-s\d+-\S+ saved_bytes", run.output, flags=re.MULTILINE)
     assert offenders and set(offenders) == {"weights_only"}, f"expected only weights_only offenders:\n{run.output}"
 
@@ -382,3 +382,15 @@ def test_mann_whitney_p_separates_shifted_samples():
 def test_finding_change_pct():
     assert Finding("c", "saved_bytes", 100, 150, regression=True).change_pct == pytest.approx(50.0)
     assert Finding("c", "status", "ok", "oom-measured", regression=True).change_pct is None
+
+
+def test_in_run_compare_fails_on_an_error_that_grew(runs, tmp_path):
+    """--benchmark-compare with accuracy on: a planted relative error fails the run, and the cells whose
+    errors grew past the factor are listed against the compared run."""
+    storage = f"--benchmark-storage={runs.baseline.json_path.parent / 'storage'}"
+    run = run_suite(tmp_path / "wrong.json", "--benchmark-compare=0001", storage,
+                    env={"ATTNBENCH_PLANT": "wrong:tiled:1e-3"})
+    assert run.returncode == 1, run.output[-3000:]
+    regressed = run.output.split("Regressed against --benchmark-compare's run")[-1]
+    grown = set(re.findall(r"^  ([a-z_]+)-s\d+-\S+ (?:out|dq|dk|dv) max error", regressed, flags=re.MULTILINE))
+    assert grown == {"tiled"}, f"only the planted variant's errors grew:\n{run.output[-3000:]}"

@@ -305,6 +305,7 @@ def test_readme_documents_every_saved_key():
     keys_section = readme[readme.index("### Saved JSON keys"):readme.index("## Gating pull requests")]
     documented = set(re.findall(r"`([a-z_0-9]+)`", keys_section))
     written = (set(record.RUN_KEYS) | set(record.CELL_KEYS) | set(record.PASS_KEYS) | set(record.ENV_KEYS)
+               | set(record.ACCURACY_KEYS) | set(record.TENSOR_ERROR_KEYS) | {"out", "dq", "dk", "dv"}
                | {"mode", "flush_l2", "env", "gpu_start", "gpu_end", "flags", "attnbench", "extra_info", "params"})
     missing = sorted(written - documented)
     assert not missing, f"README's 'Saved JSON keys' does not list {missing}"

@@ -259,15 +259,16 @@ def test_probe_predicts_oom_on_a_cuda_cell_without_touching_the_device(monkeypat
     ("slow:torch_softmax:0.15", {"torch_softmax": Plant(slow=0.15)}),
     ("extra_nxn:weights_only", {"weights_only": Plant(extra_nxn=True)}),
     ("slow:naive:3, extra_nxn:naive", {"naive": Plant(slow=3.0, extra_nxn=True)}),
+    ("wrong:triton_flash:1e-3", {"triton_flash": Plant(wrong=1e-3)}),
 ])
 def test_parse_plants_accepts(text, expected):
     assert parse_plants(text) == expected
 
 
 @pytest.mark.parametrize("text", ["slow:naive", "slow:naive:lots", "slow:naive:nan", "slow:naive:-1", "extra_nxn",
-                                  "fast:naive:1", "extra_nxn:a:b"])
+                                  "fast:naive:1", "extra_nxn:a:b", "wrong:naive", "wrong:naive:0"])
 def test_parse_plants_rejects_naming_the_forms(text):
-    with pytest.raises(ValueError, match="expected slow:VARIANT:FRACTION or extra_nxn:VARIANT"):
+    with pytest.raises(ValueError, match="expected slow:VARIANT:FRACTION, extra_nxn:VARIANT or wrong:VARIANT:REL"):
         parse_plants(text)
 
 
