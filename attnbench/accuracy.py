@@ -57,13 +57,17 @@ class Accuracy:
     floor: float
 
     def ratio_to_plain(self, name: str) -> float | None:
-        """``name``'s max error in units of the plain computation's (never less than the floor, so a plain
-        result that happens to be exact does not make the ratio explode); None without a plain result or
-        with a non-finite one."""
+        """``name``'s max error over the plain computation's; None without a plain result, with a plain result
+        that is exact, or with a non-finite result."""
         t = self.tensors[name]
-        if t.max_abs_error is None or t.plain_max_abs_error is None:
+        if t.max_abs_error is None or not t.plain_max_abs_error:
             return None
-        return t.max_abs_error / max(t.plain_max_abs_error, self.floor)
+        return t.max_abs_error / t.plain_max_abs_error
+
+    def fraction_of_bound(self, name: str) -> float:
+        """``name``'s max error over its bound: above 1 is wrong (inf for a non-finite result)."""
+        t = self.tensors[name]
+        return math.inf if t.max_abs_error is None else t.max_abs_error / t.bound
 
     @property
     def wrong(self) -> list[str]:

@@ -18,6 +18,7 @@ figure, a benchmark without its cell. It never guesses.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -279,12 +280,13 @@ def read_json(path: str | Path, role: str = "run") -> dict:
     """A saved pytest-benchmark run as a dict; RunError naming the ``role`` and what to do otherwise."""
     path = Path(path)
     try:
-        text = path.read_text()
+        # a run kept compressed (``.json.gz``, e.g. under docs/results) reads like the run itself
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
     except FileNotFoundError:
         raise RunError(f"{role} file {path} does not exist (no such file); {RUN_HINT}") from None
     except IsADirectoryError:
         raise RunError(f"{role} file {path} is a directory, not a run file; {RUN_HINT}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise RunError(f"cannot read {role} file {path}: {getattr(exc, 'strerror', None) or exc}; {RUN_HINT}") from None
     try:
         data = json.loads(text)  # NaN and Infinity parse; the field checks below name where they are

@@ -57,26 +57,25 @@ def _time(run: Run, cell: CellRecord, pass_name: str) -> str:
     return text + WRONG_MARK if cell.status == "wrong" else text
 
 
-def worst_error(cell: CellRecord) -> tuple[str, float | None] | None:
-    """The tensor with the largest error relative to the plain computation's (None without accuracy)."""
+def worst_error(cell: CellRecord) -> str | None:
+    """The result tensor closest to (or past) its bound; None without accuracy."""
     if cell.accuracy is None:
         return None
-    ratios = [(name, cell.accuracy.ratio_to_plain(name)) for name in cell.accuracy.tensors]
-    if any(t.max_abs_error is None for t in cell.accuracy.tensors.values()):
-        return next((name, None) for name, t in cell.accuracy.tensors.items() if t.max_abs_error is None)
-    known = [r for r in ratios if r[1] is not None]
-    return max(known, key=lambda r: r[1]) if known else (ratios[0][0], None)
+    return max(cell.accuracy.tensors, key=cell.accuracy.fraction_of_bound)
 
 
 def _error_text(cell: CellRecord) -> str:
-    worst = worst_error(cell)
-    if worst is None:
+    """'dk: 1.7× plain, 0.13 of bound' for the tensor closest to its bound."""
+    name = worst_error(cell)
+    if name is None:
         return render.MISSING
-    name, ratio = worst
-    if ratio is None:
-        t = cell.accuracy.tensors[name]
-        return f"{name}: NaN/Inf" if t.max_abs_error is None else f"{name}: {t.max_abs_error:.2g} (no plain)"
-    return f"{ratio:.2f}× ({name})"
+    acc, t = cell.accuracy, cell.accuracy.tensors[name]
+    if t.max_abs_error is None:
+        return f"{name}: {t.nan_count} NaN, {t.inf_count} Inf"
+    ratio = acc.ratio_to_plain(name)
+    plain = "no plain" if t.plain_max_abs_error is None else (
+        "plain exact" if ratio is None else f"{ratio:.2f}× plain")
+    return f"{name}: {plain}, {acc.fraction_of_bound(name):.2f} of bound"
 
 
 def _groups(run: Run) -> dict[tuple, list[CellRecord]]:
@@ -157,7 +156,7 @@ def comparison(run: Run) -> list[str]:
             _tflops(c, "forward"), _tflops(c, "backward"), _error_text(c),
         ])
     header = ["variant", "n×n saved (measured)", "seed claims", "saved MiB", "before backward MiB", "peak MiB",
-              "fwd ms", "bwd ms", "fwd TFLOP/s", "bwd TFLOP/s", "worst error / plain"]
+              "fwd ms", "bwd ms", "fwd TFLOP/s", "bwd TFLOP/s", "accuracy (tensor closest to its bound)"]
     if all(c.accuracy is None for c in cells):  # a run made without the accuracy check
         header, rows = header[:-1], [row[:-1] for row in rows]
     title = (f"### Variants at seq_len {seq_len}, head_dim {head_dim}, batch {batch}, heads {heads}, {dtype}, "
@@ -268,26 +267,23 @@ def accuracy_section(run: Run) -> list[str]:
         return []
 
     def badness(rec: CellRecord) -> float:
-        worst = worst_error(rec)
-        if worst is None:
-            return 0.0
-        t = rec.accuracy.tensors[worst[0]]
-        return math.inf if t.max_abs_error is None else (worst[1] or t.max_abs_error / t.bound)
+        return rec.accuracy.fraction_of_bound(worst_error(rec))
 
     rows = []
     for (variant, dtype), cells in groups.items():
         worst = sorted(cells, key=badness, reverse=True)[:WORST_CELLS]
         rows.append([variant, dtype, str(len(cells)), str(sum(c.status == "wrong" for c in cells)),
                      str(sum(not c.accuracy.plain_fits for c in cells)),
+                     f"{max((c.accuracy.ratio_to_plain(n) or 0) for c in cells for n in c.accuracy.tensors):.2f}×",
                      "<br>".join(f"{c.key}: {_error_text(c)}" for c in worst)])
     return ["### Accuracy", "",
             "Each cell's output and dq, dk, dv against a float64 reference at the cell's shape (the tiled algorithm "
-            "in float64), as a multiple of the plain same-precision computation's error (or of the floor, where "
-            "that is larger); a cell past its bound "
+            "in float64): the error as a multiple of the plain same-precision computation's, and as a fraction of "
+            "the bound (above 1 is wrong); a cell past its bound "
             f"(2× for the output, 3× for gradients, plus a floor: docs/accuracy.md) is wrong ({WRONG_MARK.strip()} "
             "in the tables). \"no plain\": the plain computation did not fit, the bound is the floor alone.", "",
-            render.table(["variant", "dtype", "cells", "wrong", "no plain", f"worst {WORST_CELLS} (error / plain)"],
-                         rows), ""]
+            render.table(["variant", "dtype", "cells", "wrong", "no plain", "worst error / plain",
+                          f"closest to the bound ({WORST_CELLS})"], rows), ""]
 
 
 def launch_bound_section(run: Run) -> list[str]:

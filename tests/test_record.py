@@ -87,6 +87,15 @@ def test_previous_schema_reports_the_tables_it_gave(capsys, tmp_path):
     assert table_rows(out) == table_rows((V1 / "report_base.md").read_text())
 
 
+def test_a_compressed_run_reads_like_the_run(capsys, tmp_path):
+    code, out, _ = report(capsys, V1 / "base.json.gz")
+    assert code == 0 and table_rows(out) == table_rows((V1 / "report_base.md").read_text())
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes((V1 / "base.json.gz").read_bytes()[:1000])
+    code, _, err = report(capsys, broken)
+    assert code == 2 and "cannot read run file" in err, err
+
+
 def test_previous_schema_reads_into_the_same_model(tmp_path):
     run = record.load(v1_run("base", tmp_path))
     assert (run.schema_version, run.device, run.timing, run.complete) == (1, "cuda", record.Timing(), True)
