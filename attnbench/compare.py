@@ -192,7 +192,8 @@ def environment_mismatches(baseline: Run, current: Run) -> list[str]:
         if env.get("driver"):
             env["driver"] = str(env["driver"]).split(".")[0]
         envs.append(env)
-    return [f"{key}: {envs[0].get(key)} vs {envs[1].get(key)}" for key in ENV_KEYS if envs[0].get(key) != envs[1].get(key)]
+    return [f"{key}: {envs[0].get(key)} vs {envs[1].get(key)}"
+            for key in ENV_KEYS if envs[0].get(key) != envs[1].get(key)]
 
 
 # -- whole runs

@@ -103,18 +103,8 @@ def analyse(memory_bytes: int, *, batch: int, heads: int, head_dim: int, dtype: 
     return "\n".join(lines)
 
 
-def parse_memory(text: str) -> int:
-    """A finite, positive memory size: '80GiB', '80GB', '81920MiB' or a plain number of bytes."""
-    try:
-        return parse_bytes(text)
-    except (OverflowError, ValueError):  # inf, nan or past float's range: int() of them fails
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a finite memory size (expected e.g. 80GiB, 80GB, 81920MiB or bytes)"
-        ) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--memory", type=parse_memory, metavar="SIZE",
+    parser.add_argument("--memory", type=parse_bytes, metavar="SIZE",
                         help="device memory to fit in, e.g. 80GiB or 80GB (default: free memory of the current GPU)")
     parser.add_argument("--batch", type=parse_positive_int, default=8, help="batch size (default: 8)")
     parser.add_argument("--heads", type=parse_positive_int, default=1, help="heads (default: 1)")

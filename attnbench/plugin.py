@@ -355,7 +355,8 @@ def _current_run(s: AttnSession) -> Run:
     """This run's cells as a :class:`Run`, for comparing before anything is saved."""
     return Run(path=None, schema_version=0, preset=s.preset, device=s.device, timing=s.timing, plants={},
                complete=True, stop_reason="", env={"device": s.device}, machine={},
-               cells={k: r for k, r in s.records.items() if r.status != "pending"}, commit={}, datetime="", cpu_brand="")
+               cells={k: r for k, r in s.records.items() if r.status != "pending"}, commit={}, datetime="",
+               cpu_brand="")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

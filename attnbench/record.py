@@ -166,7 +166,8 @@ class Run:
         """File, date and commit, for headers."""
         parts = [self.datetime[:19]] if self.datetime else []
         if self.commit.get("id"):
-            parts.append(f"commit {str(self.commit['id'])[:10]}{' (uncommitted changes)' if self.commit.get('dirty') else ''}")
+            dirty = " (uncommitted changes)" if self.commit.get("dirty") else ""
+            parts.append(f"commit {str(self.commit['id'])[:10]}{dirty}")
         name = self.path.name if self.path else "current run"
         return f"`{name}`" + (f" ({', '.join(parts)})" if parts else "")
 

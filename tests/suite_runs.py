@@ -53,7 +53,8 @@ def run_suite(json_path: Path, *options: str, cwd: Path = REPO_ROOT, env: dict |
            f"--benchmark-json={json_path}", *TINY_GRID, *options]
     proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
-    assert json_path.exists() or not expect_json, f"{' '.join(cmd)} wrote no JSON (exit {proc.returncode}):\n{output[-3000:]}"
+    assert json_path.exists() or not expect_json, (
+        f"{' '.join(cmd)} wrote no JSON (exit {proc.returncode}):\n{output[-3000:]}")
     return SuiteRun(json_path, proc.returncode, output)
 
 

@@ -394,3 +394,15 @@ def test_in_run_compare_fails_on_an_error_that_grew(runs, tmp_path):
     regressed = run.output.split("Regressed against --benchmark-compare's run")[-1]
     grown = set(re.findall(r"^  ([a-z_]+)-s\d+-\S+ (?:out|dq|dk|dv) max error", regressed, flags=re.MULTILINE))
     assert grown == {"tiled"}, f"only the planted variant's errors grew:\n{run.output[-3000:]}"
+
+
+@pytest.mark.parametrize(("plant", "fails"), [(SLOW_PLANT, True), (None, False)])
+def test_in_run_compare_fail_gives_a_verdict_line_not_a_traceback(runs, tmp_path, plant, fails):
+    """pytest-benchmark's --benchmark-compare-fail raises through the terminal summary; the plugin turns that
+    into a FAIL line and exit 1. The CPU threshold is the one the README gives for CPUs (min:200%)."""
+    storage = f"--benchmark-storage={runs.baseline.json_path.parent / 'storage'}"
+    run = run_suite(tmp_path / "compare_fail.json", "--benchmark-compare=0001", storage,
+                    "--benchmark-compare-fail=min:200%", env={"ATTNBENCH_PLANT": plant} if plant else None)
+    assert "Traceback" not in run.output, run.output[-3000:]
+    assert (run.returncode == 1) == fails, f"exit {run.returncode}:\n{run.output[-3000:]}"
+    assert ("FAIL: performance has regressed" in run.output) == fails, run.output[-3000:]
