@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from .registry import causal_mask, softmax_scale, validate_inputs
+from .registry import Variant, causal_mask, softmax_scale, validate_inputs
 
 
 def reference(
@@ -39,12 +41,56 @@ def blocked_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
     return tiled_attention(q.double(), k.double(), v.double(), causal=causal)
 
 
-def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
-    """The plain computation in the inputs' own precision (scores, softmax, weights @ V; the softmax
-    itself in at least fp32): the yardstick of flash-attention's tolerance rule."""
-    validate_inputs(q, k, v, causal=causal)
+def _masked_scores(q: torch.Tensor, k: torch.Tensor, causal: bool) -> torch.Tensor:
     scores = (q @ k.transpose(-2, -1)) * softmax_scale(q.shape[-1])
     if causal:
         scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
-    weights = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
-    return weights @ v
+    return scores
+
+
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """The plain computation in the inputs' own precision (scores, softmax in fp32, weights @ V; autograd's
+    backward): the yardstick of flash-attention's tolerance rule for variants that keep the weights."""
+    validate_inputs(q, k, v, causal=causal)
+    return torch.softmax(_masked_scores(q, k, causal).float(), dim=-1).to(q.dtype) @ v
+
+
+class _PlainFromOutputAndLse(torch.autograd.Function):
+    """The plain forward; the backward that a variant keeping only O and the log-sum-exp can do, done plainly."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool):
+        lse = torch.logsumexp(_masked_scores(q, k, causal).float(), dim=-1, keepdim=True)  # fp32, as the softmax
+        out = torch.softmax(_masked_scores(q, k, causal).float(), dim=-1).to(q.dtype) @ v
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal = causal
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        probs = torch.exp(_masked_scores(q, k, ctx.causal).to(lse.dtype) - lse)  # P from the kept LSE
+        grad_probs = (grad_out @ v.transpose(-2, -1)).to(lse.dtype)
+        delta = (grad_out.to(lse.dtype) * out.to(lse.dtype)).sum(dim=-1, keepdim=True)  # D from the kept O
+        grad_scores = (probs * (grad_probs - delta)).to(q.dtype) * softmax_scale(q.shape[-1])
+        return grad_scores @ k, grad_scores.transpose(-2, -1) @ q, probs.to(v.dtype).transpose(-2, -1) @ grad_out, None
+
+
+def plain_attention_from_output_and_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                                        causal: bool = False) -> torch.Tensor:
+    """The plain computation, with the backward of a variant that keeps no n×n tensor: P recomputed from
+    the log-sum-exp (kept in fp32), D = rowsum(dO * O) from the output in its own dtype.
+
+    Autograd's softmax backward reuses its own P and takes D = rowsum(P * dP) from that same P and dP, so
+    its round-off cancels in rows whose softmax is nearly one-hot. No backward that keeps only O and the
+    LSE (FlashAttention's) gets that cancellation: judged against autograd's, a right FlashAttention
+    backward can be tens of times its error where the logits are peaky (docs/triton_flash.md, "Backward
+    accuracy", has the numbers).
+    """
+    validate_inputs(q, k, v, causal=causal)
+    return _PlainFromOutputAndLse.apply(q, k, v, causal)
+
+
+def plain_yardstick(variant: Variant, causal: bool = False) -> Callable[..., torch.Tensor]:
+    """The plain computation ``variant`` is judged against: the backward it can do, done plainly."""
+    return plain_attention_from_output_and_lse if variant.nxn_saved(causal) == 0 else plain_attention

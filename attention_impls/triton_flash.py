@@ -2,7 +2,7 @@
 
 Forward: each program owns a tile of BLOCK_M queries and streams BLOCK_N-key blocks of K and V
 past it with an online softmax (exp2, with log2(e) folded into the softmax scale). It writes O
-and the natural-log log-sum-exp of each query row; nothing of size seq_q × seq_k is kept.
+and the log-sum-exp of each query row in those log2 units; nothing of size seq_q × seq_k is kept.
 
 Backward recomputes the probabilities of each tile from the log-sum-exp, in three launches:
 ``_attn_bwd_preprocess`` (delta = rowsum(dO * O)), ``_attn_bwd_dkdv`` (one program per key block,
@@ -16,14 +16,21 @@ other tile runs without masks. Head dims that are not a power of two run padded 
 with masked loads and stores.
 
 Triton is optional: the module imports without it and the variant then reports why it cannot run.
+Two GPU tools close the file: ``precompile`` compiles every autotune candidate ahead, in parallel
+processes, and ``autotune_candidates`` reports what each candidate tile measured.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import inspect
+import multiprocessing
 import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -39,6 +46,12 @@ except ImportError:  # the variant stays registered and says what is missing
 else:
     _TRITON_MISSING = None
 
+#: dtypes the kernels take on a GPU
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: dtypes Triton's CPU interpreter computes right. Its ``tl.dot`` hands bfloat16 tiles to numpy as the
+#: uint16 bit patterns it keeps them in (numpy has no bfloat16): a 16x16 bf16 product comes out ~1e10
+#: off, and triton_flash ~8e8 (gradients ~1e9) at every shape (Triton 3.9). fp16 and fp32 are right.
+INTERPRETER_DTYPES = (torch.float16, torch.float32)
 #: largest head_dim the kernels take; smaller ones (any value) are padded to a power of two >= 16.
 MAX_HEAD_DIM = 256
 #: rows per program of the backward preprocess (delta = rowsum(dO * O)); memory-bound, not tuned.
@@ -178,10 +191,14 @@ if triton is not None:
                                         offs_m, offs_n, offs_d, seq_k, qk_scale, full_hi, hi,
                                         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, INPUT_PRECISION)
 
-        # -- epilogue: normalise, store O and the log-sum-exp in natural-log units
+        # -- epilogue: normalise, store O and the log-sum-exp in log2 units, the units the backward
+        # subtracts it in. Storing it in natural log (x ln 2 here, x 1/ln 2 there) cost two more fp32
+        # roundings at the LSE's magnitude (an ulp is 4e-6 at |lse2| 32..64): an error shared by every
+        # P of the row, which dS = P * (dP - delta) does not cancel, so dK took it in proportion to its
+        # own size; measured 4.6x the plain fp32 dK error where it is 1.6x now (docs/triton_flash.md)
         acc = acc / l_i[:, None]
-        lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # ln(2): back from log2 units
-        tl.store(LSE + off_bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
+        lse2 = m_i + tl.math.log2(l_i)
+        tl.store(LSE + off_bh.to(tl.int64) * seq_q + offs_m, lse2, mask=offs_m < seq_q)
         o_ptrs = Out + off_z * stride_oz + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
         _store_tile(o_ptrs, acc.to(Out.dtype.element_ty), offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD)
 
@@ -223,10 +240,10 @@ if triton is not None:
             # rows past seq_q read q = dO = lse = delta = 0, so their p is 1 and their ds is 0:
             # they add nothing to dK or dV
             if MASKED:
-                lse2 = tl.load(LSE + offs_m, mask=offs_m < seq_q, other=0.0) * 1.44269504  # 1/ln(2)
+                lse2 = tl.load(LSE + offs_m, mask=offs_m < seq_q, other=0.0)  # log2 units
                 delta = tl.load(Delta + offs_m, mask=offs_m < seq_q, other=0.0)
             else:
-                lse2 = tl.load(LSE + offs_m) * 1.44269504  # 1/ln(2)
+                lse2 = tl.load(LSE + offs_m)
                 delta = tl.load(Delta + offs_m)
             # -- recompute P^T from the log-sum-exp
             qkT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)
@@ -353,7 +370,7 @@ if triton is not None:
         do = _load_tile(DO + off_z * stride_doz + off_h * stride_doh + offs_m[:, None] * stride_dom
                         + offs_d[None, :] * stride_dod, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
         row_ok = offs_m < seq_q
-        lse2 = tl.load(LSE + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0) * 1.44269504  # 1/ln(2)
+        lse2 = tl.load(LSE + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)  # log2 units
         delta = tl.load(Delta + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)
         k_ptrs = K + off_z * stride_kz + off_h * stride_kh + offs_n0[:, None] * stride_kn + offs_d[None, :] * stride_kd
         v_ptrs = V + off_z * stride_vz + off_h * stride_vh + offs_n0[:, None] * stride_vn + offs_d[None, :] * stride_vd
@@ -443,17 +460,22 @@ def _shared_memory_need(kernel: str, tile: tuple[int, int, int, int], head_dim: 
     return (2 * block_m + 2 * stages * block_n) * head_dim * elem_bytes  # dq: Q, dO resident; K, V streamed
 
 
+def _candidate_tiles(kernel: str, elem_bytes: int, head_dim_pad: int, seq_bucket: int,
+                     shared_memory_bytes: int) -> list[tuple[int, int, int, int]]:
+    """The tiles the autotuner tries for one key: those that fit in shared memory, or the last one."""
+    wanted = _TILES[(kernel, elem_bytes)]
+    fits = [t for t in wanted if _shared_memory_need(kernel, t, head_dim_pad, elem_bytes) <= shared_memory_bytes]
+    if seq_bucket < MIN_TUNED_SEQ_BUCKET or not fits:
+        return [wanted[-1]]
+    return fits
+
+
 def _prune(kernel: str):
     def prune(configs, named_args, **kwargs):
         q = named_args["Q"]
-        elem_bytes = q.element_size()
-        head_dim = kwargs.get("HEAD_DIM_PAD", named_args.get("HEAD_DIM_PAD"))
-        seq_bucket = named_args["seq_bucket"]
-        wanted = _TILES[(kernel, elem_bytes)]
+        head_dim_pad = kwargs.get("HEAD_DIM_PAD", named_args.get("HEAD_DIM_PAD"))
         limit = _shared_memory_bytes(q.device.index if q.device.index is not None else torch.cuda.current_device())
-        fits = [t for t in wanted if _shared_memory_need(kernel, t, head_dim, elem_bytes) <= limit]
-        if seq_bucket < MIN_TUNED_SEQ_BUCKET or not fits:
-            fits = [wanted[-1]]
+        fits = _candidate_tiles(kernel, q.element_size(), head_dim_pad, named_args["seq_bucket"], limit)
         return [c for c in configs if _tile_of(kernel, c) in fits]
 
     return prune
@@ -487,8 +509,8 @@ def _seq_bucket(seq_q: int, seq_k: int) -> int:
     return max(MIN_SEQ_BUCKET, triton.next_power_of_2(max(seq_q, seq_k)))
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    """tl.dot's precision for fp32 operands, following torch's own matmul setting.
+def _input_precision(dtype: torch.dtype, allow_tf32: bool | None = None) -> str:
+    """tl.dot's precision for fp32 operands, following torch's own matmul setting (or ``allow_tf32``).
 
     With TF32 off (torch's default) the dots run as "tf32x3": each operand is split into a TF32
     high part and a TF32 remainder, and three tensor-core products (hi·hi + hi·lo + lo·hi) recover
@@ -496,7 +518,9 @@ def _input_precision(dtype: torch.dtype) -> str:
     ``OpMultiplyAddFastF32`` on compute capability >= 8.0), so fp32 compares like with like; Triton's
     "ieee" dot runs on FMA units at a fraction of the speed.
     """
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    if allow_tf32 is None:
+        allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    if dtype == torch.float32 and not allow_tf32:
         return "tf32x3"
     return "tf32"  # Triton's default; ignored for fp16/bf16 operands
 
@@ -511,7 +535,8 @@ def _device_guard(t: torch.Tensor):
 
 
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, input_precision: str):
-    """Launch the forward kernel; returns O (like q, contiguous) and the fp32 (batch, heads, seq_q) LSE."""
+    """Launch the forward kernel; returns O (like q, contiguous) and the fp32 (batch, heads, seq_q)
+    log-sum-exp of the scaled scores in log2 units (the reference's lse / ln 2)."""
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -576,7 +601,7 @@ class _TritonFlashAttention(torch.autograd.Function):
         input_precision = _input_precision(q.dtype)
         with _device_guard(q):
             out, lse = _forward(q, k, v, causal, input_precision)
-        ctx.save_for_backward(q, k, v, out, lse)  # the log-sum-exp, never P
+        ctx.save_for_backward(q, k, v, out, lse)  # the log-sum-exp (log2 units), never P
         ctx.causal = causal
         ctx.input_precision = input_precision
         return out
@@ -604,10 +629,14 @@ def _unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
         if not torch.cuda.is_available():
             return "triton_flash needs a CUDA GPU, and torch sees none"
         return None
-    if _INTERPRET:
-        return None
-    return (f"triton_flash needs a CUDA GPU (got device {device.type}), or TRITON_INTERPRET=1 for the CPU "
-            "interpreter, set before attention_impls is imported")
+    if not _INTERPRET:
+        return (f"triton_flash needs a CUDA GPU (got device {device.type}), or TRITON_INTERPRET=1 for the CPU "
+                "interpreter, set before attention_impls is imported")
+    if dtype not in INTERPRETER_DTYPES:
+        return (f"triton_flash under TRITON_INTERPRET=1 runs float16 and float32 only, not "
+                f"{str(dtype).removeprefix('torch.')}: Triton's CPU interpreter computes bfloat16 dots wrongly "
+                "(values ~1e9 off); run bfloat16 on a CUDA GPU")
+    return None
 
 
 register(
@@ -615,9 +644,251 @@ register(
     saved_nxn=0,
     saved_row_bytes=lse_row_bytes,
     saves_output=True,
-    dtypes=(torch.float16, torch.bfloat16, torch.float32),
+    dtypes=KERNEL_DTYPES,
     max_head_dim=MAX_HEAD_DIM,
     availability=_unavailable_reason,
     cpu_interpreted=True,
     description="FlashAttention-2 in Triton (forward and backward kernels, autotuned); saves O and the log-sum-exp",
 )(triton_flash_attention)
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU tools: compile every autotune candidate ahead, in parallel; what each candidate measured
+# ----------------------------------------------------------------------------------------------
+
+#: the names a command line may give the kernels' dtypes by
+_DTYPE_NAMES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+#: the sequence length of the small tensors a compile job launches with (lengths are not specialised on)
+_COMPILE_SEQ = 64
+#: precompile's default number of processes, at most: each holds a CUDA context (~0.5 GiB of GPU memory)
+DEFAULT_MAX_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class PrecompileResult:
+    """What :func:`precompile` did: ``compiled`` kernel variants are in Triton's cache (compiled now, or
+    found there); ``failed`` names the candidates that do not compile on this GPU ("dkdv 64x128/w8/s2:
+    OutOfResources ..."; the autotuner skips them too); ``skipped`` says why nothing was compiled."""
+
+    compiled: int
+    failed: tuple[str, ...] = ()
+    skipped: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class CandidateTiming:
+    """One autotune candidate of one kernel: its tile and the autotuner's time for it (None: the only
+    candidate for this key, taken without timing)."""
+
+    kernel: str  # "fwd", "dkdv" or "dq"
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    ms: float | None
+
+
+def _check_dtypes(dtypes) -> tuple[torch.dtype, ...]:
+    allowed = "torch.float16, torch.bfloat16, torch.float32 (or 'fp16', 'bf16', 'fp32')"
+    if isinstance(dtypes, (torch.dtype, str)) or not isinstance(dtypes, Iterable):
+        dtypes = (dtypes,)
+    checked = []
+    for dtype in dtypes:
+        if isinstance(dtype, str):
+            if dtype not in _DTYPE_NAMES:
+                raise ValueError(f"dtype must be one of {allowed}, got {dtype!r}")
+            dtype = _DTYPE_NAMES[dtype]
+        elif not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be one of {allowed}, got {type(dtype).__name__}")
+        if dtype not in KERNEL_DTYPES:
+            raise ValueError(f"dtype must be one of {allowed}, got {dtype}")
+        checked.append(dtype)
+    return tuple(checked)
+
+
+def _check_positive_int(name: str, value, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1 or (maximum is not None and value > maximum):
+        limits = f"between 1 and {maximum}" if maximum is not None else "at least 1"
+        raise ValueError(f"{name} must be {limits}, got {value}")
+    return value
+
+
+def _check_bools(name: str, values) -> tuple[bool, ...]:
+    if isinstance(values, bool) or not isinstance(values, Iterable):
+        values = (values,)
+    checked = tuple(values)
+    if not checked or not all(isinstance(b, bool) for b in checked):
+        raise TypeError(f"{name} must be True, False or a non-empty collection of them, got {values!r}")
+    return checked
+
+
+def _gpu_tools_reason() -> str | None:
+    """Why the kernels cannot be compiled or timed here, or None."""
+    if _TRITON_MISSING is not None:
+        return _TRITON_MISSING
+    if _INTERPRET:
+        return "TRITON_INTERPRET=1 is set: the CPU interpreter runs the kernels uncompiled and untuned"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (torch sees none)"
+    return None
+
+
+def _compile_jobs(dtypes, head_dims, causal, tf32, shared_memory_bytes: int) -> list[tuple]:
+    """(kernel, dtype name, head_dim, causal, input precision, tile) for every kernel variant the
+    autotuner may launch at these keys, whatever the sequence length; ``tile`` is None for the
+    untuned preprocess kernel."""
+    jobs = {}
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        elem_bytes = torch.empty(0, dtype=dtype).element_size()
+        precisions = dict.fromkeys(_input_precision(dtype, allow) for allow in tf32)
+        for head_dim in head_dims:
+            jobs[("preprocess", name, head_dim, False, "tf32", None)] = None
+            for kernel in _BLOCK_NAMES:
+                # the tuned list at long sequences, plus the one tile short sequences take
+                tiles = _candidate_tiles(kernel, elem_bytes, _head_dim_pad(head_dim), MIN_TUNED_SEQ_BUCKET,
+                                         shared_memory_bytes) + [_TILES[(kernel, elem_bytes)][-1]]
+                for tile in dict.fromkeys(tiles):
+                    for is_causal in causal:
+                        for precision in precisions:
+                            jobs[(kernel, name, head_dim, is_causal, precision, tile)] = None
+    return list(jobs)
+
+
+def _compile_job(job: tuple) -> str | None:
+    """Compile one kernel variant into Triton's cache (no launch); None, or why it did not compile."""
+    kernel, dtype_name, head_dim, causal, precision, tile = job
+    dtype = getattr(torch, dtype_name)
+    # contiguous (1, 2, 64, head_dim) tensors: the strides specialise like those of the suite's inputs
+    q, k, v, o, do = (torch.empty(1, 2, _COMPILE_SEQ, head_dim, device="cuda", dtype=dtype) for _ in range(5))
+    lse, delta = (torch.empty(1, 2, _COMPILE_SEQ, device="cuda") for _ in range(2))
+    tail = (2, _COMPILE_SEQ, _COMPILE_SEQ, MIN_TUNED_SEQ_BUCKET)  # num_heads, seq_q, seq_k, seq_bucket
+    meta = {"HEAD_DIM": head_dim, "HEAD_DIM_PAD": _head_dim_pad(head_dim), "grid": (1, 1)}
+    if kernel == "preprocess":
+        fn, args = _attn_bwd_preprocess, (o, do, delta, *o.stride(), *do.stride(), 2, _COMPILE_SEQ)
+        meta["BLOCK_M"] = PREPROCESS_BLOCK_M
+    else:
+        m_name, n_name = _BLOCK_NAMES[kernel]
+        meta.update(CAUSAL=causal, INPUT_PRECISION=precision, num_warps=tile[2], num_stages=tile[3],
+                    **{m_name: tile[0], n_name: tile[1]})
+        scale = softmax_scale(head_dim)
+        if kernel == "fwd":
+            fn, args = _attn_fwd, (q, k, v, o, lse, scale, *q.stride(), *k.stride(), *v.stride(), *o.stride())
+        elif kernel == "dkdv":
+            fn, args = _attn_bwd_dkdv, (q, k, v, do, lse, delta, k, v, scale, *q.stride(), *k.stride(),
+                                        *v.stride(), *do.stride(), *k.stride(), *v.stride())
+        else:
+            fn, args = _attn_bwd_dq, (q, k, v, do, lse, delta, q, scale, *q.stride(), *k.stride(), *v.stride(),
+                                      *do.stride(), *q.stride())
+        args += tail
+    try:
+        fn.warmup(*args, **meta)
+    except Exception as exc:  # noqa: BLE001  (OutOfResources, ptxas errors: reported; the autotuner skips the tile)
+        label = kernel if tile is None else f"{kernel} {tile[0]}x{tile[1]}/w{tile[2]}/s{tile[3]}"
+        return f"{label} {dtype_name} d{head_dim}: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def precompile(
+    head_dims: int | Iterable[int],
+    dtypes: torch.dtype | str | Iterable[torch.dtype | str] = KERNEL_DTYPES,
+    *,
+    causal: bool | Iterable[bool] = (False, True),
+    tf32: bool | Iterable[bool] = (False,),
+    workers: int | None = None,
+) -> PrecompileResult:
+    """Compile triton_flash's forward and backward kernels for these keys into Triton's on-disk cache.
+
+    Every autotune candidate that can run at a key (head_dim × dtype × causal, and for fp32 × ``tf32``:
+    ``torch.backends.cuda.matmul.allow_tf32`` off runs the dots as "tf32x3", on as "tf32") is compiled,
+    for any sequence length, ``workers`` processes at a time (default: one per CPU core, at most
+    DEFAULT_MAX_WORKERS = 16, each holding a CUDA context; 1 compiles in this process). The autotuner,
+    which otherwise compiles each candidate one after another on a key's first call, then finds them
+    compiled and only times them; so does any later process on this machine that reads the same cache.
+    Kernels specialise on their strides' alignment: contiguous inputs hit the cache, other layouts may
+    compile once more.
+
+    Does nothing without a CUDA GPU, under TRITON_INTERPRET=1 or without Triton, and says so in
+    ``PrecompileResult.skipped``. Raises TypeError or ValueError for arguments outside: head_dims
+    ints in 1..MAX_HEAD_DIM (256); dtypes torch.float16/bfloat16/float32 or "fp16"/"bf16"/"fp32";
+    causal and tf32 bools; workers an int >= 1 or None.
+    """
+    if not isinstance(head_dims, Iterable):
+        head_dims = (head_dims,)
+    head_dims = tuple(dict.fromkeys(_check_positive_int("head_dim", d, MAX_HEAD_DIM) for d in head_dims))
+    dtypes = _check_dtypes(dtypes)
+    causal, tf32 = _check_bools("causal", causal), _check_bools("tf32", tf32)
+    if not head_dims or not dtypes:
+        raise ValueError("precompile needs at least one head_dim and one dtype")
+    if workers is not None:
+        _check_positive_int("workers", workers)
+    reason = _gpu_tools_reason()
+    if reason is not None:
+        return PrecompileResult(compiled=0, skipped=f"nothing to compile: {reason}")
+
+    start = time.perf_counter()
+    jobs = _compile_jobs(dtypes, head_dims, causal, tf32, _shared_memory_bytes(torch.cuda.current_device()))
+    workers = min(len(jobs), workers or min(DEFAULT_MAX_WORKERS, os.cpu_count() or 1))
+    if workers == 1:
+        results = [_compile_job(job) for job in jobs]
+    else:
+        # spawn, not fork: a forked child of a process that has initialised CUDA cannot use it
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            results = list(pool.map(_compile_job, jobs))
+    failed = tuple(r for r in results if r is not None)
+    return PrecompileResult(compiled=len(jobs) - len(failed), failed=failed, seconds=time.perf_counter() - start)
+
+
+def autotune_candidates(
+    dtype: torch.dtype | str,
+    head_dim: int,
+    seq_len: int,
+    *,
+    causal: bool = False,
+    batch: int = 1,
+    heads: int = 1,
+) -> list[CandidateTiming]:
+    """Autotune every kernel for one shape and return what each candidate tile measured, fastest first
+    per kernel ("fwd", "dkdv", "dq"): whether a candidate list is the limit (the winner sits at an edge
+    of the list) or the kernel is (every candidate is close).
+
+    Runs one forward and backward of random (batch, heads, seq_len, head_dim) tensors on the current
+    GPU, with fp32 following ``torch.backends.cuda.matmul.allow_tf32``. Drops this process's earlier
+    autotune choices for the three kernels first, so they are timed afresh (later calls tune again).
+    Raises RuntimeError without a CUDA GPU or under TRITON_INTERPRET=1; TypeError/ValueError for
+    arguments outside: dtype as for :func:`precompile`, head_dim 1..MAX_HEAD_DIM, positive ints, bool causal.
+    """
+    if not isinstance(dtype, (torch.dtype, str)):
+        raise TypeError(f"dtype must be one torch.dtype or dtype name, got {type(dtype).__name__}")
+    (dtype,) = _check_dtypes(dtype)
+    _check_positive_int("head_dim", head_dim, MAX_HEAD_DIM)
+    for name, value in (("seq_len", seq_len), ("batch", batch), ("heads", heads)):
+        _check_positive_int(name, value)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    reason = _gpu_tools_reason()
+    if reason is not None:
+        raise RuntimeError(f"autotune_candidates needs a CUDA GPU: {reason}")
+
+    tuned = {"fwd": _attn_fwd_tuned, "dkdv": _attn_bwd_dkdv_tuned, "dq": _attn_bwd_dq_tuned}
+    for autotuner in tuned.values():
+        autotuner.cache.clear()
+        autotuner.configs_timings = {}
+    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    out = triton_flash_attention(q, k, v, causal=causal)
+    torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    torch.cuda.synchronize()
+    rows = []
+    for kernel, autotuner in tuned.items():
+        timings = autotuner.configs_timings or {autotuner.best_config: None}
+        kernel_rows = []
+        for config, ms in timings.items():
+            ms = ms[0] if isinstance(ms, (list, tuple)) else ms  # the median, first of the quantiles
+            kernel_rows.append(CandidateTiming(kernel, *_tile_of(kernel, config), None if ms is None else float(ms)))
+        rows += sorted(kernel_rows, key=lambda row: row.ms if row.ms is not None else 0.0)
+    return rows

@@ -2,7 +2,9 @@
 
 The reference is :func:`attention_impls.reference.blocked_reference` (the tiled algorithm in float64: no
 n×n tensor, so it fits wherever the cell does). The yardstick is the plain computation in the cell's own
-precision (:func:`attention_impls.reference.plain_attention`), where its n×n tensors fit in memory.
+precision, where its n×n tensors fit in memory: for a variant that keeps an n×n tensor, autograd's
+(:func:`attention_impls.reference.plain_attention`); for one that keeps only O and the log-sum-exp, the
+backward such a variant can do, done plainly (:func:`attention_impls.reference.plain_yardstick`).
 
 The bound, per tensor (flash-attention's test rule, plus a floor):
 
@@ -106,12 +108,13 @@ def _forward_backward(fn: Callable, q, k, v, grad_out) -> tuple[torch.Tensor, ..
 
 
 def measure(attention: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_out: torch.Tensor, *,
-            causal: bool, plain_fits: bool) -> Accuracy:
-    """Errors of ``attention(q, k, v)`` and its gradients for ``grad_out`` (see the module docstring)."""
+            causal: bool, plain_fits: bool, yardstick: Callable = plain_attention) -> Accuracy:
+    """Errors of ``attention(q, k, v)`` and its gradients for ``grad_out`` (see the module docstring);
+    ``yardstick`` is the plain computation to judge by (``attention_impls.reference.plain_yardstick``)."""
     got = _forward_backward(attention, q, k, v, grad_out)
     ref = _forward_backward(lambda *a: blocked_reference(*a, causal=causal), q, k, v, grad_out.double())
     ref = tuple(t.double() for t in ref)
-    plain = (_forward_backward(lambda *a: plain_attention(*a, causal=causal), q, k, v, grad_out)
+    plain = (_forward_backward(lambda *a: yardstick(*a, causal=causal), q, k, v, grad_out)
              if plain_fits else (None,) * len(TENSORS))
     scale = max([1.0] + [t.detach().abs().max().item() for t in (q, k, v, grad_out, *ref)])
     floor = FLOOR_ULPS * torch.finfo(q.dtype).eps * scale

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from attention_impls import get_variant
+from attention_impls.reference import plain_yardstick
 
 from . import accuracy
 from .census import census_of_attention
@@ -159,7 +160,8 @@ class CellRunner:
             plain_fits = False
         q, k, v, grad_out = self.inputs()
         try:
-            rec.accuracy = accuracy.measure(self.attention, q, k, v, grad_out, causal=c.causal, plain_fits=plain_fits)
+            rec.accuracy = accuracy.measure(self.attention, q, k, v, grad_out, causal=c.causal, plain_fits=plain_fits,
+                                            yardstick=plain_yardstick(self.variant, c.causal))
         except torch.OutOfMemoryError as exc:
             rec.message = f"accuracy not measured: {str(exc).splitlines()[0]}"
             return

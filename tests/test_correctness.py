@@ -10,7 +10,6 @@ from helpers import (
     OUT_ERROR_MULTIPLE,
     check_close,
     forward_backward,
-    plain_attention,
     problem_scale,
     random_qkv,
     reference_forward_backward,
@@ -19,15 +18,17 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from attention_impls import VARIANTS, tiled_attention
+from attention_impls.reference import plain_yardstick
 
 # Awkward on purpose: 1, primes, non-powers of two, one past a block boundary.
 SEQ_LENS = st.sampled_from([1, 2, 3, 7, 16, 17, 31, 64, 97, 128, 129])
 HEAD_DIMS = st.sampled_from([8, 16, 24, 32, 59, 64, 111, 128])
 DTYPES = {"cpu": [torch.float32, torch.float64], "cuda": [torch.float16, torch.bfloat16, torch.float32]}
-#: Kernels we do not own that measurably miss the 2×/3× rule, with the multiple they do meet.
-#: PyTorch's CPU flash backward: dk/dv errors 5-10× the plain fp32 computation's at peaky logits
-#: (seq 128×64, head_dim 59, logits ×16: dk 6.9e-4 against plain 6.9e-5). Our own variants get no such entry.
-KNOWN_GRAD_ERROR_MULTIPLE = {("sdpa_flash", "cpu"): 16.0}
+#: Kernels we do not own that measurably miss the bound, with the factor of it they do meet.
+#: PyTorch's CPU flash backward: dk/dv errors up to 9× those of its yardstick (the backward from O and the
+#: LSE) at peaky logits (seq 128×64, head_dim 59, logits ×16, 20 draws), 1.37× the bound at worst over 1500
+#: random fp32 draws of this test's inputs. Our own variants get no such entry.
+KNOWN_GRAD_BOUND_FACTOR = {("sdpa_flash", "cpu"): 4.0}
 
 
 def runnable_cases():
@@ -65,15 +66,15 @@ def test_matches_reference(name, device, dtype, batch, heads, seq_q, seq_k, head
     assume(variant.shape_reason(q, k, v, causal=causal) is None)
 
     ref_out, _, ref_grads = reference_forward_backward(q, k, v, grad_out, causal=causal)
-    plain_out, plain_grads = forward_backward(plain_attention, q, k, v, grad_out, causal=causal)
+    plain_out, plain_grads = forward_backward(plain_yardstick(variant, causal), q, k, v, grad_out, causal=causal)
     out, grads = forward_backward(variant.fn, q, k, v, grad_out, causal=causal)
 
     assert out.shape == q.shape and out.dtype == dtype, f"{name}: got {tuple(out.shape)} {out.dtype}"
     scale = problem_scale(q, k, v, grad_out, ref_out, *ref_grads)
     check_close(f"{name} out", out, ref_out, plain_out, OUT_ERROR_MULTIPLE, scale)
-    grad_multiple = KNOWN_GRAD_ERROR_MULTIPLE.get((name, device), GRAD_ERROR_MULTIPLE)
+    bound_factor = KNOWN_GRAD_BOUND_FACTOR.get((name, device), 1.0)
     for grad_name, got, want, plain in zip(("dq", "dk", "dv"), grads, ref_grads, plain_grads, strict=True):
-        check_close(f"{name} {grad_name}", got, want, plain, grad_multiple, scale)
+        check_close(f"{name} {grad_name}", got, want, plain, GRAD_ERROR_MULTIPLE, scale, bound_factor=bound_factor)
 
 
 @pytest.mark.parametrize("block_size", [1, 5, 16, 1000])
