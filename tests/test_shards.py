@@ -1,0 +1,170 @@
+"""Sharding: the split of every preset's grid is exact, balanced and deterministic, and ``--attn-shard I/N``
+collects exactly its shard's cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attention_impls import VARIANTS
+from attnbench.grid import DTYPES, PRESETS, cell_key, expand, parse_cell_key
+from attnbench.shard import ShardSpec, cell_cost_s, fits, parse_shard, partition
+from attnbench.variants import cannot_run_reason
+
+#: the round options of the project's addopts (pyproject.toml), which a real run uses.
+MAX_TIME_S, MIN_ROUNDS = 0.25, 10
+#: an H200's memory, as the split rounds it (140 GiB), and an 80 GiB card's.
+H200_BYTES, A100_80_BYTES = 140 * 2**30, 80 * 2**30
+
+
+def grid(preset: str, device: str) -> list:
+    """Every cell of ``preset`` a machine with ``device`` would run: the variants that run there in principle
+    (this machine's lack of a GPU does not count; expand() only reads the registry's metadata)."""
+    dtype = DTYPES[PRESETS[preset].dtypes[0]]
+    names = tuple(n for n, v in VARIANTS.items() if cannot_run_reason(v, device, dtype) is None
+                  and not (device == "cpu" and v.cpu_interpreted))
+    cells, _ = expand(device, preset, variants=names)
+    return [c for c in cells if VARIANTS[c.variant].check_head_dim(c.head_dim) is None]
+
+
+def split(cells, count, memory=H200_BYTES):
+    return partition(cells, count, memory_bytes=memory, max_time_s=MAX_TIME_S, min_rounds=MIN_ROUNDS)
+
+
+# -- the split
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_cell_lands_in_exactly_one_shard(preset, device):
+    cells = grid(preset, device)
+    assert cells, f"{preset} on {device} should have cells"
+    keys = [c.key for c in cells]
+    for count in (1, 2, 3, 4, 7, len(cells)):
+        shards = split(cells, count).shards
+        taken = [c.key for shard in shards for c in shard]
+        twice = sorted({k for k in taken if taken.count(k) > 1})
+        assert not twice, f"{preset}/{device} in {count} shards: {twice} in more than one shard"
+        assert sorted(taken) == sorted(keys), f"{preset}/{device} in {count} shards: cells lost or invented"
+        assert all(shard for shard in shards), f"{preset}/{device} in {count} shards: an empty shard"
+        for shard in shards:
+            assert [c.key for c in shard] == [k for k in keys if k in {c.key for c in shard}], \
+                "a shard keeps the grid's order"
+
+
+@pytest.mark.parametrize("memory", [H200_BYTES, A100_80_BYTES], ids=["141GB", "80GB"])
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_seed_grid_shards_are_within_10_percent_of_an_even_share(count, memory):
+    cells = grid("seed", "cuda")
+    assert len(cells) == 140, "the seed grid on a GPU: 7 variants x 5 seq_lens x 4 head_dims"
+    result = split(cells, count, memory)
+    even = result.total_s / count
+    assert result.imbalance <= 1.10, (
+        f"seed grid in {count} shards: predicted {[round(c) for c in result.costs_s]} s, largest "
+        f"{result.imbalance:.3f}x an even share of {even:.0f} s (at most 1.10x)")
+
+
+def test_the_split_is_deterministic_whatever_the_order_of_the_grid():
+    cells = grid("fa2-paper", "cuda")
+    first = [{c.key for c in shard} for shard in split(cells, 4).shards]
+    for seed in range(3):
+        shuffled = cells[:]
+        random.Random(seed).shuffle(shuffled)
+        assert [{c.key for c in shard} for shard in split(shuffled, 4).shards] == first, \
+            "every shard process must compute the same split"
+
+
+def test_cells_predicted_not_to_fit_spread_over_the_shards():
+    cells = grid("seed", "cuda")
+    memory = 4 * 2**30  # a 4 GiB card: the long sequences of the n×n variants do not fit
+    oom = [c for c in cells if not fits(c, memory)]
+    assert 10 < len(oom) < len(cells) / 2, f"expected some cells not to fit, got {len(oom)}"
+    for count in (2, 3, 4):
+        per_shard = [sum(not fits(c, memory) for c in shard) for shard in split(cells, count, memory).shards]
+        assert max(per_shard) - min(per_shard) <= 1, f"OOM cells per shard: {per_shard} (expected spread evenly)"
+        assert all(cell_cost_s(c, memory_bytes=memory, max_time_s=MAX_TIME_S, min_rounds=MIN_ROUNDS) < 0.1
+                   for c in oom), "a cell that will not run costs only its probe"
+
+
+def test_n_by_n_variants_cost_more_than_flash_ones_of_the_same_shape():
+    cells = {c.key: c for c in grid("seed", "cuda")}
+    costs = {k: cell_cost_s(c, memory_bytes=H200_BYTES, max_time_s=MAX_TIME_S, min_rounds=MIN_ROUNDS)
+             for k, c in cells.items()}
+    shape = "s16384-d64-b8-h1-fp32-full"
+    assert costs[f"naive-{shape}"] > costs[f"triton_flash-{shape}"], "two n×n tensors move more bytes"
+    assert costs[f"naive-{shape}"] > costs["naive-s1024-d64-b8-h1-fp32-full"], "longer sequences cost more"
+
+
+@given(data=st.data())
+@settings(max_examples=30, deadline=None)
+def test_longest_first_is_within_one_cell_of_an_even_share(data):
+    """Greedy longest-first never leaves a shard more than its largest cell above an even share."""
+    cells = grid("seed", "cuda")
+    chosen = data.draw(st.lists(st.sampled_from(cells), min_size=1, max_size=60, unique_by=lambda c: c.key))
+    count = data.draw(st.integers(1, len(chosen)))
+    result = split(chosen, count)
+    largest = max(cell_cost_s(c, memory_bytes=H200_BYTES, max_time_s=MAX_TIME_S, min_rounds=MIN_ROUNDS)
+                  for c in chosen)
+    assert sorted(c.key for s in result.shards for c in s) == sorted(c.key for c in chosen)
+    assert max(result.costs_s) <= result.total_s / count + largest + 1e-9, result.costs_s
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_a_cell_key_gives_back_its_cell(preset):
+    for cell in grid(preset, "cuda"):
+        assert cell_key(parse_cell_key(cell.key)) == cell.key and parse_cell_key(cell.key) == cell.params()
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1/1", (1, 1)), ("2/4", (2, 4)), (" 4/4 ", (4, 4))])
+def test_parse_shard_accepts(text, expected):
+    assert parse_shard(text) == ShardSpec(*expected)
+
+
+@pytest.mark.parametrize(("text", "named"), [("0/4", "1 <= I <= N"), ("5/4", "1 <= I <= N"), ("1/0", "1 <= I <= N"),
+                                             ("2", "not I/N"), ("a/b", "not I/N"), ("1/2/3", "not I/N")])
+def test_parse_shard_rejects_naming_the_form(text, named):
+    with pytest.raises(argparse.ArgumentTypeError, match=named):
+        parse_shard(text)
+
+
+# -- the plugin
+
+
+pytest_plugins = ["pytester"]
+
+BENCH_FILE = """
+def test_forward(benchmark, attn_runner):
+    attn_runner.bench(benchmark, "forward")
+"""
+#: six cells: three variants at two lengths
+GRID = ["--attn-device", "cpu", "--attn-seq-lens", "32,64", "--attn-head-dims", "16", "--attn-variants",
+        "naive,weights_only,tiled"]
+
+
+def _collected(pytester, *args) -> tuple[pytest.RunResult, list[str]]:
+    result = pytester.runpytest("-p", "attnbench.plugin", "-p", "no:cacheprovider", "--collect-only", "-q",
+                                *GRID, *args)
+    return result, sorted(line.split("[", 1)[1].rstrip("]") for line in result.outlines if "test_forward[" in line)
+
+
+def test_the_shards_collect_the_whole_grid_between_them(pytester):
+    pytester.makepyfile(test_bench=BENCH_FILE)
+    _, whole = _collected(pytester)
+    shards = [_collected(pytester, f"--attn-shard={i}/3")[1] for i in (1, 2, 3)]
+    assert len(whole) == 6 and sorted(k for s in shards for k in s) == whole, f"{shards} should partition {whole}"
+    result = pytester.runpytest("-p", "attnbench.plugin", *GRID, "--attn-shard", "2/3", "--collect-only")
+    result.stdout.fnmatch_lines(["attnbench: shard 2/3: 2 of 6 cells, predicted * s of the grid's * s"])
+
+
+@pytest.mark.parametrize(("value", "message"), [("4/3", "1 <= I <= N"), ("one", "is not I/N"),
+                                                ("7/7", "the grid has 6 cells, so at most 6 shards")])
+def test_a_bad_shard_is_a_usage_error(pytester, value, message):
+    pytester.makepyfile(test_bench=BENCH_FILE)
+    result = pytester.runpytest("-p", "attnbench.plugin", *GRID, f"--attn-shard={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str(), result.stderr.str()
