@@ -1,4 +1,4 @@
-"""``attnbench`` command line: report, oom, gate."""
+"""``attnbench`` command line: report, oom, gate, variants, merge."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="attention benchmark tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from . import gate, oom, report, variants
+    from . import gate, merge, oom, report, variants
 
     report.add_arguments(sub.add_parser("report", help="markdown tables (and plots) from a saved run"))
     oom.add_arguments(sub.add_parser("oom", help="largest seq_len that fits, per variant, on a GPU"))
     gate.add_arguments(sub.add_parser("gate", help="compare two saved runs: exit 1 on a regression"))
     variants.add_arguments(sub.add_parser("variants", help="the registered variants as a markdown table"))
+    merge.add_arguments(sub.add_parser("merge", help="merge the runs of a grid's shards into one run"))
     return parser
 
 

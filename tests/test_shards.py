@@ -1,17 +1,24 @@
-"""Sharding: the split of every preset's grid is exact, balanced and deterministic, and ``--attn-shard I/N``
-collects exactly its shard's cells.
+"""Sharding: the split of every preset's grid is exact, balanced and deterministic; ``attnbench merge`` refuses
+shards that do not make one run (naming why and which cells); a run made in two CPU shards and merged gates
+clean against the same grid run in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from suite_runs import run_suite, tiny_suite_run
 
 from attention_impls import VARIANTS
+from attnbench import cli, record
 from attnbench.grid import DTYPES, PRESETS, cell_key, expand, parse_cell_key
 from attnbench.shard import ShardSpec, cell_cost_s, fits, parse_shard, partition
 from attnbench.variants import cannot_run_reason
@@ -20,6 +27,8 @@ from attnbench.variants import cannot_run_reason
 MAX_TIME_S, MIN_ROUNDS = 0.25, 10
 #: an H200's memory, as the split rounds it (140 GiB), and an 80 GiB card's.
 H200_BYTES, A100_80_BYTES = 140 * 2**30, 80 * 2**30
+#: the CPU gate's rule (README: a shared CPU shifts whole benchmarks; gate on the fastest round, wide margin).
+CPU_TIME = "min:200"
 
 
 def grid(preset: str, device: str) -> list:
@@ -168,3 +177,159 @@ def test_a_bad_shard_is_a_usage_error(pytester, value, message):
     result = pytester.runpytest("-p", "attnbench.plugin", *GRID, f"--attn-shard={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str(), result.stderr.str()
+
+
+# -- merging
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[Path]:
+    """The tiny grid in two shards, each in its own pytest process (run one after the other)."""
+    out = tmp_path_factory.mktemp("shards")
+    paths = []
+    for i in (1, 2):
+        run = run_suite(out / f"shard{i}.json", f"--attn-shard={i}/2")
+        assert run.returncode == 0, run.output[-3000:]
+        paths.append(run.json_path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_suite_run(tmp_path_factory)
+
+
+def tool(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, err
+    return code, out, err
+
+
+def test_a_merged_run_gates_clean_against_the_grid_run_in_one_process(shards, tiny, capsys, tmp_path):
+    merged = tmp_path / "merged.json"
+    code, out, err = tool(capsys, "merge", *shards, "-o", merged)
+    assert code == 0, err
+    run, whole = record.load(merged), record.load(tiny.json_path)
+    assert run.complete and run.shard is None, "a merged run is a whole run"
+    assert list(run.cells) == list(whole.cells), "the same cells, in the grid's order"
+    assert set(run.passes()) == set(whole.passes()), "the same benchmarks"
+    by_shard = {i: [k for k, rec in run.cells.items() if rec.shard == i] for i in (1, 2)}
+    for i, path in enumerate(shards, 1):
+        assert sorted(by_shard[i]) == sorted(record.load(path).cells), f"each cell names shard {i} that measured it"
+    assert [m.index for m in run.shard_machines] == [1, 2] and all(m.node for m in run.shard_machines)
+    assert all(m.gpu_uuid is None for m in run.shard_machines), "CPU shards measured on no GPU"
+    code, out, err = tool(capsys, "gate", tiny.json_path, merged, "--time", CPU_TIME)
+    assert code == 0 and "attnbench gate: OK" in out, out + err
+    assert f"Compared {len(whole.passes())} benchmarks in {len(whole.cells)} cells" in out
+    code, out, err = tool(capsys, "report", merged)
+    assert code == 0 and "Merged from 2 shards" in out, err
+    compare = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(merged)],
+                             capture_output=True, text=True, timeout=120)
+    assert compare.returncode == 0, f"pytest-benchmark compare should read the merged run:\n{compare.stderr[-2000:]}"
+    assert "test_forward[naive-s64-d16-b2-h2-fp32-full]" in compare.stdout
+
+
+def _edited(path: Path, tmp_path: Path, name: str, edit) -> Path:
+    data = json.loads(path.read_text())
+    edit(data)
+    edited = tmp_path / name
+    edited.write_text(json.dumps(data))
+    return edited
+
+
+def _move_first_cell(source: dict, target: dict) -> str:
+    """Move the first cell of ``source`` (its record and benchmarks) into ``target``; its key."""
+    moved = source["attnbench"]["cells"].pop(0)
+    key = cell_key(moved)
+    target["attnbench"]["cells"].append(moved)
+    benchmarks = [b for b in source["benchmarks"] if cell_key(b["params"]) == key]
+    source["benchmarks"] = [b for b in source["benchmarks"] if b not in benchmarks]
+    target["benchmarks"] += benchmarks
+    return key
+
+
+def _set_options(data: dict, **options) -> None:
+    for b in data["benchmarks"]:
+        b["options"].update(options)
+
+
+def _env(data: dict) -> dict:
+    return data["machine_info"]["attnbench"]["env"]
+
+
+#: (edit of shard 2, words the refusal must contain)
+REFUSALS = {
+    "different environment": (lambda d: _env(d).update(torch="1.0.0"), "different environments (torch:"),
+    "different timing": (lambda d: d["attnbench"]["timing"].update(mode="wall"), "timed differently"),
+    "different commit": (lambda d: d["commit_info"].update(id="0123456789abcdef"), "different code"),
+    "uncommitted changes": (lambda d: d["commit_info"].update(dirty=not d["commit_info"].get("dirty")),
+                            "different code"),
+    "different grid": (lambda d: d["attnbench"]["shard"]["grid_cells"].append("naive-s96-d16-b2-h2-fp32-full"),
+                       "split different grids (only in"),
+    "different round options": (lambda d: _set_options(d, max_time=0.5), "different round options"),
+    "different split count": (lambda d: d["attnbench"]["shard"].update(count=3), "one of 3"),
+    "different device memory": (lambda d: d["attnbench"]["shard"].update(partition_memory_bytes=2**30),
+                                "different device memory"),
+    "incomplete": (lambda d: d["attnbench"].update(complete=False, stop_reason="interrupted (Ctrl-C)"),
+                   "incomplete run (interrupted (Ctrl-C))"),
+    "planted regression": (lambda d: d["attnbench"].update(plants={"naive": {"slowdown": 9.0}}),
+                           "different planted regressions"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_merge_refuses_shards_that_are_not_one_run(shards, capsys, tmp_path, case):
+    edit, words = REFUSALS[case]
+    bad = _edited(shards[1], tmp_path, "bad.json", edit)
+    out = tmp_path / "merged.json"
+    code, _, err = tool(capsys, "merge", shards[0], bad, "-o", out)
+    assert code == 2 and err.startswith("attnbench merge: cannot merge") and words in err, f"{case}:\n{err}"
+    assert not out.exists(), "a refused merge writes nothing"
+
+
+def test_merge_names_a_cell_measured_twice(shards, capsys, tmp_path):
+    one, two = (json.loads(p.read_text()) for p in shards)
+    key = _move_first_cell(one, two)
+    one["attnbench"]["cells"].append(next(c for c in two["attnbench"]["cells"] if cell_key(c) == key))
+    one["benchmarks"] += [b for b in two["benchmarks"] if cell_key(b["params"]) == key]
+    paths = [tmp_path / "1.json", tmp_path / "2.json"]
+    for path, data in zip(paths, (one, two)):
+        path.write_text(json.dumps(data))
+    code, _, err = tool(capsys, "merge", *paths, "-o", tmp_path / "merged.json")
+    assert code == 2 and f"1 cell(s) measured by more than one shard: {key}" in err, err
+    code, _, err = tool(capsys, "merge", shards[0], shards[0], shards[1], "-o", tmp_path / "merged.json")
+    assert code == 2 and "shard 1/2 given more than once" in err, err
+
+
+def test_merge_names_the_cells_no_shard_measured(shards, capsys, tmp_path):
+    code, _, err = tool(capsys, "merge", shards[0], "-o", tmp_path / "merged.json")
+    missing = sorted(record.load(shards[1]).cells)
+    assert code == 2 and "no run of shard 2/2" in err and all(k in err for k in missing), err
+    two = json.loads(shards[1].read_text())
+    key = _move_first_cell(two, {"attnbench": {"cells": []}, "benchmarks": []})
+    thinner = tmp_path / "2.json"
+    thinner.write_text(json.dumps(two))
+    code, _, err = tool(capsys, "merge", shards[0], thinner, "-o", tmp_path / "merged.json")
+    assert code == 2 and f"1 cell(s) of the grid measured by no shard: {key}" in err, err
+
+
+def test_merge_refuses_a_run_that_is_not_a_shard(shards, tiny, capsys, tmp_path):
+    code, _, err = tool(capsys, "merge", shards[0], tiny.json_path, "-o", tmp_path / "merged.json")
+    assert code == 2 and "is not a shard's run" in err, err
+
+
+def test_merge_exits_3_when_it_cannot_write(shards, capsys, tmp_path):
+    code, _, err = tool(capsys, "merge", *shards, "-o", tmp_path / "no such folder" / "merged.json")
+    assert code == 3 and "cannot write" in err, err
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda s: s.update(index=3), "attnbench.shard: index is 3, expected 1 to count (2)"),
+    (lambda s: s.update(grid_cells=s["grid_cells"][-1:]), "are not in grid_cells"),
+    (lambda s: s.pop("partition_memory_bytes"), "partition_memory_bytes is None"),
+])
+def test_the_reader_refuses_a_shard_record_it_cannot_trust(shards, tmp_path, edit, named):
+    bad = _edited(shards[0], tmp_path, "bad.json", lambda d: edit(d["attnbench"]["shard"]))
+    with pytest.raises(record.RunError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        record.load(bad)
