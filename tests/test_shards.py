@@ -1,21 +1,25 @@
 """Sharding: the split of every preset's grid is exact, balanced and deterministic; ``attnbench merge`` refuses
 shards that do not make one run (naming why and which cells); a run made in two CPU shards and merged gates
-clean against the same grid run in one process.
+clean against the same grid run in one process; ``attnbench run`` runs the shards, shows their progress and
+keeps what a crashed shard's siblings measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from suite_runs import run_suite, tiny_suite_run
+from suite_runs import REPO_ROOT, SUITE_ENV, TINY_GRID, run_suite, tiny_suite_run
 
 from attention_impls import VARIANTS
 from attnbench import cli, record
@@ -333,3 +337,85 @@ def test_the_reader_refuses_a_shard_record_it_cannot_trust(shards, tmp_path, edi
     bad = _edited(shards[0], tmp_path, "bad.json", lambda d: edit(d["attnbench"]["shard"]))
     with pytest.raises(record.RunError, match=named.replace("(", r"\(").replace(")", r"\)")):
         record.load(bad)
+
+
+# -- attnbench run
+
+
+CRASH_PLUGIN = """
+import os
+import signal
+
+
+def pytest_runtest_call(item):
+    # shard 2 dies in its second benchmark, as a process the OOM killer takes does
+    shard = item.config.getoption("attn_shard")
+    if shard is not None and shard.index == 2 and item.nodeid == item.session.items[1].nodeid:
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def launch(capsys, monkeypatch, *argv) -> tuple[int, str, str]:
+    monkeypatch.chdir(REPO_ROOT)
+    for key, value in SUITE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("ATTNBENCH_PLANT", raising=False)
+    return tool(capsys, "run", *argv)
+
+
+def test_run_measures_the_grid_in_cpu_shards_and_autosaves_the_merged_run(capsys, monkeypatch, tmp_path, tiny):
+    store = tmp_path / "storage"
+    code, out, err = launch(capsys, monkeypatch, "--cpu-shards", "2", "--storage", store, "--", *TINY_GRID)
+    assert code == 0, out[-3000:] + err
+    for i in (1, 2):
+        assert f"[shard {i}/2 cpu " in out and "PASSED" in out, "every shard's progress is shown, prefixed"
+    saved = list(store.glob("*/0001_*.json"))
+    assert len(saved) == 1, f"saved where --benchmark-autosave would: {list(store.rglob('*'))}"
+    run = record.load(saved[0])
+    assert run.complete and list(run.cells) == list(record.load(tiny.json_path).cells)
+    assert {rec.shard for rec in run.cells.values()} == {1, 2}
+
+
+def test_run_keeps_what_the_other_shards_measured_when_one_crashes(capsys, monkeypatch, tmp_path):
+    (tmp_path / "crash_plugin.py").write_text(CRASH_PLUGIN)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    store = tmp_path / "storage"
+    code, out, err = launch(capsys, monkeypatch, "--cpu-shards", "2", "--storage", store, "--", *TINY_GRID,
+                            "-p", "crash_plugin")
+    assert code == 1, out[-3000:] + err
+    assert re.search(r"shard 2/2 cpu [\d,-]+ left no run \(killed by SIGKILL\); its cells are marked not measured",
+                     out), out[-3000:]
+    assert not list(store.glob("*/[0-9][0-9][0-9][0-9]_*.json")), "an incomplete run is not a numbered run"
+    saved = list(store.glob("*/incomplete_*.json"))
+    assert len(saved) == 1, list(store.rglob("*"))
+    run = record.load(saved[0])
+    assert not run.complete and "shard 2/2 left no run (killed by SIGKILL)" in run.stop_reason
+    kept = [rec for rec in run.cells.values() if rec.shard == 1]
+    lost = [rec for rec in run.cells.values() if rec.status == "pending"]
+    assert kept and all(rec.status == "ok" and rec.passes for rec in kept), "shard 1's results are kept"
+    assert lost and all("not measured: shard 2 left no run" in rec.message for rec in lost)
+    assert len(kept) + len(lost) == len(run.cells) == 6
+    code, out, err = tool(capsys, "report", saved[0])
+    assert code == 0 and "**Incomplete run:**" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refusing --gpus needs a machine without CUDA")
+@pytest.mark.parametrize("argv", [["--gpus", "0,1"], ["--gpus", "all"], []])
+def test_run_without_cuda_refuses_gpu_shards(capsys, monkeypatch, argv):
+    code, out, err = launch(capsys, monkeypatch, *argv)
+    assert code == 2 and "no CUDA GPU is visible" in err and "--cpu-shards" in err, err
+
+
+@pytest.mark.parametrize("own", ["--benchmark-json=x.json", "--attn-shard=1/2", "--benchmark-autosave"])
+def test_run_refuses_options_it_sets_for_every_shard(capsys, monkeypatch, own):
+    code, _, err = launch(capsys, monkeypatch, "--cpu-shards", "2", "--", own)
+    assert code == 2 and own.split("=")[0] in err, err
+
+
+@pytest.mark.parametrize(("argv", "named"), [(["--gpus", "0,x"], "not all or a list of GPU indices"),
+                                             (["--gpus", "1,1"], "names a GPU twice"),
+                                             (["--cpu-shards", "0"], "not a number of CPU shards")])
+def test_run_bad_arguments_are_usage_errors(capsys, argv, named):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", *argv])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
