@@ -1,4 +1,4 @@
-"""``attnbench`` command line: report, oom, gate, variants, precompile."""
+"""``attnbench`` command line: report, oom, gate, variants, precompile, merge, run."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="attention benchmark tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from . import gate, oom, precompile, report, variants
+    from . import gate, launch, merge, oom, precompile, report, variants
 
     report.add_arguments(sub.add_parser("report", help="markdown tables (and plots) from a saved run"))
     oom.add_arguments(sub.add_parser("oom", help="largest seq_len that fits, per variant, on a GPU"))
     gate.add_arguments(sub.add_parser("gate", help="compare two saved runs: exit 1 on a regression"))
     variants.add_arguments(sub.add_parser("variants", help="the registered variants as a markdown table"))
     precompile.add_arguments(sub.add_parser("precompile", help="compile triton_flash's kernels for a grid (GPU)"))
+    merge.add_arguments(sub.add_parser("merge", help="merge the runs of a grid's shards into one run"))
+    launch.add_arguments(sub.add_parser("run", help="run the suite in shards, one pytest process per GPU, and merge"))
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,21 @@ def cell_key(params: dict) -> str:
     mask = "causal" if params["causal"] else "full"
     return (f"{params['variant']}-s{params['seq_len']}-d{params['head_dim']}-b{params['batch']}-h{params['heads']}"
             f"-{params['dtype']}-{mask}")
+
+
+_CELL_KEY = re.compile(r"(?P<variant>[A-Za-z0-9_]+)-s(?P<seq_len>\d+)-d(?P<head_dim>\d+)-b(?P<batch>\d+)"
+                       r"-h(?P<heads>\d+)-(?P<dtype>[a-z0-9]+)-(?P<mask>full|causal)")
+
+
+def parse_cell_key(key: str) -> dict:
+    """A cell's axes from its key (``cell_key``'s inverse); ValueError for text that is not a cell key."""
+    match = _CELL_KEY.fullmatch(key)
+    if match is None or match["dtype"] not in DTYPES:
+        raise ValueError(f"{key!r} is not a cell key (expected e.g. naive-s1024-d64-b8-h1-fp32-full)")
+    fields = match.groupdict()
+    params = {axis: int(fields[axis]) if axis in ("seq_len", "head_dim", "batch", "heads") else fields.get(axis)
+              for axis in AXES if axis != "causal"}
+    return {**params, "causal": fields["mask"] == "causal"}
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,24 @@ def environment(device: str) -> dict:
     return env
 
 
+def gpu_identity(device: str) -> tuple[str | None, str | None]:
+    """The UUID of the GPU torch uses and this process's CUDA_VISIBLE_DEVICES; (None, None) on CPU."""
+    if device != "cuda":
+        return None, None
+    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+    text = None if uuid is None else str(uuid)
+    if text is not None and not text.startswith("GPU-"):
+        text = f"GPU-{text}"  # NVML's and nvidia-smi's spelling
+    return text, os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def device_memory_bytes(device: str) -> int:
+    """All the memory of the device a run measures on: the GPU's, or the machine's RAM."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def available_host_memory_bytes() -> int | None:
     """RAM a new allocation can get now (Linux MemAvailable, else free pages); None where unknown."""
     try:

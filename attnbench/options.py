@@ -25,6 +25,7 @@ from .grid import (
     parse_preset,
     parse_variants,
 )
+from .shard import parse_shard
 from .timing import TIMING_MODES
 
 DEFAULT_TIMING = "device"
@@ -68,6 +69,9 @@ VALUE_OPTIONS = [
     ("accuracy-compare-fail", parse_factor, "FACTOR",
      "with --benchmark-compare: fail when a cell's max error grew by more than FACTOR against that run "
      f"(default: {DEFAULT_ACCURACY_COMPARE_FACTOR:g})"),
+    ("shard", parse_shard, "I/N",
+     "measure only shard I of N of the grid (I from 1 to N): every cell lands in exactly one shard, shards "
+     "balanced by predicted cost; `attnbench merge` joins the N runs into one (default: the whole grid)"),
     ("memory-compare-fail", parse_percent, "PCT",
      "fail when a cell's saved bytes, memory before backward or peak grows by more than PCT%% against "
      "--benchmark-compare's run, or a cell measured there is not measured now (default: off)"),

@@ -13,7 +13,17 @@ import torch
 
 from . import options
 from .grid import AXES, DEFAULT_CPU_PRESET, DEFAULT_CUDA_PRESET, Cell, expand
-from .record import CellRecord, Run, RunError, Timing, machine_section, parse, run_section
+from .record import (
+    PER_PROCESS_MACHINE_KEYS,
+    CellRecord,
+    Run,
+    RunError,
+    ShardInfo,
+    Timing,
+    machine_section,
+    parse,
+    run_section,
+)
 from .runner import CellRunner
 from .timing import DeviceClock
 
@@ -34,6 +44,8 @@ class AttnSession:
     plants: dict
     max_time_s: float = 0.0
     min_rounds: int = 1
+    shard: ShardInfo | None = None  # --attn-shard: this run's shard; ``cells`` are then its cells only
+    shard_cost_s: tuple[float, float] | None = None  # predicted seconds of this shard and of the whole grid
     clock: DeviceClock | None = None
     runners: dict[str, CellRunner] = field(default_factory=dict)
     records: dict[str, CellRecord] = field(default_factory=dict)  # every cell's record, in the order run
@@ -134,8 +146,26 @@ def pytest_configure(config: pytest.Config) -> None:
     """Resolve the grid from options, ini and preset; fail early with a usage error."""
     session = config.stash[_SESSION] = _build_session(config)
     session.max_time_s, session.min_rounds = _round_options(config)
+    spec = options.resolve(config)["shard"]
+    if spec is not None:
+        _take_shard(session, spec)
     if session.memory_compare_fail is not None and not config.getoption("benchmark_compare", None):
         raise pytest.UsageError("--attn-memory-compare-fail requires --benchmark-compare (the run to compare with)")
+
+
+def _take_shard(s: AttnSession, spec) -> None:
+    """Keep only this shard's cells of the grid (attnbench.shard); the whole grid's keys go into the record."""
+    from .machine import device_memory_bytes
+    from .shard import partition, partition_memory_bytes
+
+    if spec.count > len(s.cells):
+        raise pytest.UsageError(f"--attn-shard {spec}: the grid has {len(s.cells)} cells, so at most "
+                                f"{len(s.cells)} shards can each get one")
+    memory = partition_memory_bytes(device_memory_bytes(s.device))
+    split = partition(s.cells, spec.count, memory_bytes=memory, max_time_s=s.max_time_s, min_rounds=s.min_rounds)
+    s.shard = ShardInfo(spec.index, spec.count, tuple(c.key for c in s.cells), memory)
+    s.shard_cost_s = (split.costs_s[spec.index - 1], split.total_s)
+    s.cells = split.cells_of(spec)
 
 
 def attn_session(config: pytest.Config) -> AttnSession:
@@ -148,6 +178,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     s = attn_session(config)
     lines = [f"attnbench: device={s.device} preset={s.preset} cells={len(s.cells)} timing={s.timing.describe()} "
              f"accuracy={'on' if s.accuracy else 'off'} max_time={s.max_time_s:g}s min_rounds={s.min_rounds}"]
+    if s.shard is not None:
+        mine, total = s.shard_cost_s
+        lines.append(f"attnbench: shard {s.shard.label}: {len(s.cells)} of {len(s.shard.grid_cells)} cells, "
+                     f"predicted {mine:.0f} s of the grid's {total:.0f} s")
     lines += [f"attnbench: left out {name}: {reason}" for name, reason in s.left_out.items()]
     if s.plants:
         lines.append(f"attnbench: PLANTED REGRESSIONS ACTIVE: { {k: p.as_dict() for k, p in s.plants.items()} }")
@@ -254,30 +288,29 @@ def attn_runner(request, attn_cell: Cell) -> CellRunner:
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """Add versions, the device measured, its identity and its state at the start and end of the run."""
-    from .machine import environment, flags, gpu_sample
+    from .machine import environment, flags, gpu_identity, gpu_sample
 
     s = attn_session(config)
+    gpu_uuid, visible = gpu_identity(s.device)
     if s.device == "cuda":
         start = s.gpu_start or gpu_sample()
         end = gpu_sample()
-        machine_info["attnbench"] = machine_section(environment("cuda"), gpu_start=start, gpu_end=end,
+        machine_info["attnbench"] = machine_section(environment("cuda"), gpu_uuid=gpu_uuid,
+                                                    cuda_visible_devices=visible, gpu_start=start, gpu_end=end,
                                                     flags=flags(start, end))
     else:
         machine_info["attnbench"] = machine_section(environment("cpu"))
 
 
-#: machine_info["attnbench"] keys that are samples of the GPU's state, different in every run by design
-_SAMPLE_KEYS = ("gpu_start", "gpu_end", "flags")
-
-
 @contextlib.contextmanager
 def gpu_samples_set_aside(*machine_infos: dict):
-    """Take the GPU samples out of ``machine_infos`` for the duration, then put them back."""
+    """Take the GPU samples and the card's identity (record.PER_PROCESS_MACHINE_KEYS) out of ``machine_infos``
+    for the duration, then put them back."""
     set_aside = []
     for info in machine_infos:
         ours = (info or {}).get("attnbench")
         if isinstance(ours, dict):
-            set_aside.append((ours, {k: ours.pop(k) for k in _SAMPLE_KEYS if k in ours}))
+            set_aside.append((ours, {k: ours.pop(k) for k in PER_PROCESS_MACHINE_KEYS if k in ours}))
     try:
         yield
     finally:
@@ -316,7 +349,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     s.finish_records()
     output_json["attnbench"] = run_section(
         preset=s.preset, timing=s.timing, plants={k: p.as_dict() for k, p in s.plants.items()},
-        complete=s.complete, stop_reason=s.stop_reason, cells=list(s.records.values()),
+        complete=s.complete, stop_reason=s.stop_reason, cells=list(s.records.values()), shard=s.shard,
     )
 
 

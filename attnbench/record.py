@@ -8,7 +8,12 @@ attnbench's facts added where they belong, each written once (schema 2)::
       .stats                    pytest-benchmark's statistics of the timed rounds
       .extra_info               the pass's own facts (PASS_KEYS): pass, flops, and the checks that ran
     attnbench                   the run's own facts (RUN_KEYS) and one record per cell (CELL_KEYS)
-    machine_info.attnbench      env (versions, the device measured, its identity), GPU samples, flags
+      .shard                    a shard's run only (SHARD_KEYS): which shard, and every cell of the whole grid
+    machine_info.attnbench      env (versions, the device measured), which GPU, GPU samples, flags (MACHINE_KEYS)
+      .shards                   a merged run only: where each shard measured (SHARD_MACHINE_KEYS)
+
+A run made in N shards (``--attn-shard I/N``) and merged (``attnbench merge``) reads like a run made in one
+process; each of its cells names the shard that measured it.
 
 :func:`load` reads schema 2 and schema 1 (the runs saved before; their cell facts were copied into
 every benchmark's extra_info) into the same :class:`Run`, and refuses with :class:`RunError`,
@@ -53,13 +58,24 @@ OPTIONAL_PASS_KEYS = ("warmup_wall_s", "event_median_s", "launch_slack_s")
 #: pytest-benchmark statistics a reader relies on.
 REQUIRED_STATS = ("min", "max", "mean", "median", "q1", "q3", "iqr")
 #: keys of the run's attnbench section, and of each cell record in it.
-RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_reason", "cells")
-CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy")
+RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_reason", "shard", "cells")
+#: a cell's ``shard``: in a merged run, the index of the shard that measured it.
+CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy", "shard")
+#: keys of a shard's ``attnbench.shard``: shard ``index`` (1-based) of ``count``, the key of every cell of the
+#: whole grid, and the device memory the split predicted against (attnbench.shard).
+SHARD_KEYS = ("index", "count", "grid_cells", "partition_memory_bytes")
 #: keys of a cell's ``accuracy`` record, and of each of its tensors' (attnbench.accuracy).
 ACCURACY_KEYS = ("plain_fits", "floor", "tensors")
 TENSOR_ERROR_KEYS = ("max_abs_error", "rel_rms_error", "plain_max_abs_error", "bound", "nan_count", "inf_count")
 #: keys of machine_info.attnbench.env.
 ENV_KEYS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "python", "gpu_memory_bytes", "sm_count")
+#: keys of machine_info.attnbench: the environment, which GPU measured (its UUID and the process's
+#: CUDA_VISIBLE_DEVICES; null on CPU), the GPU's state at start and end, and in a merged run every shard's.
+MACHINE_KEYS = ("env", "gpu_uuid", "cuda_visible_devices", "gpu_start", "gpu_end", "flags", "shards")
+#: keys of each of a merged run's machine_info.attnbench.shards: where that shard measured.
+SHARD_MACHINE_KEYS = ("index", "node", "gpu_uuid", "cuda_visible_devices", "gpu_start", "gpu_end", "flags")
+#: machine_info.attnbench keys that differ in every process by design (samples, the card's identity).
+PER_PROCESS_MACHINE_KEYS = ("gpu_uuid", "cuda_visible_devices", "gpu_start", "gpu_end", "flags", "shards")
 
 RUN_HINT = "pass the JSON written by `pytest benchmarks --benchmark-autosave` (under .benchmarks/) or --benchmark-json"
 
@@ -82,6 +98,42 @@ class Timing:
         return self.mode + (" + L2 flushed" if self.flush_l2 else "")
 
 
+@dataclass(frozen=True)
+class ShardInfo:
+    """A shard's run: shard ``index`` (1-based) of ``count``, and the key of every cell of the whole grid."""
+
+    index: int
+    count: int
+    grid_cells: tuple[str, ...]
+    partition_memory_bytes: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
+class ShardMachine:
+    """Where one shard of a merged run measured: its host, its GPU (null on CPU) and the GPU's state."""
+
+    index: int
+    node: str | None = None
+    gpu_uuid: str | None = None
+    cuda_visible_devices: str | None = None
+    gpu_start: dict | None = None
+    gpu_end: dict | None = None
+    flags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """'shard 2 on host-a, GPU GPU-5c1e… (CUDA_VISIBLE_DEVICES=1)'."""
+        where = [f"on {self.node}"] if self.node else []
+        if self.gpu_uuid:
+            where.append(f"GPU {self.gpu_uuid}")
+        if self.cuda_visible_devices is not None:
+            where.append(f"CUDA_VISIBLE_DEVICES={self.cuda_visible_devices}")
+        return f"shard {self.index}" + (" " + ", ".join(where) if where else "")
+
+
 @dataclass
 class PassResult:
     """One benchmark: a pass of a cell, its statistics and its own facts."""
@@ -91,6 +143,7 @@ class PassResult:
     stats: dict
     flops: float
     checks: dict = field(default_factory=dict)  # OPTIONAL_PASS_KEYS that were measured
+    options: dict = field(default_factory=dict)  # pytest-benchmark's round options, as it saved them
 
     @property
     def median_s(self) -> float:
@@ -116,6 +169,7 @@ class CellRecord:
     memory: dict[str, int] = field(default_factory=dict)
     passes: dict[str, PassResult] = field(default_factory=dict)
     accuracy: Accuracy | None = None
+    shard: int | None = None  # in a merged run: the shard that measured the cell
 
     @property
     def key(self) -> str:
@@ -149,6 +203,9 @@ class Run:
     datetime: str
     cpu_brand: str
     other_benchmarks: int = 0
+    shard: ShardInfo | None = None  # a shard's run: which shard of which grid
+    shard_machines: list[ShardMachine] = field(default_factory=list)  # a merged run: where each shard measured
+    data: dict | None = field(default=None, repr=False)  # the JSON as read (for merging runs)
 
     @property
     def device_label(self) -> str:
@@ -179,6 +236,28 @@ class Run:
     def pending(self) -> list[str]:
         return [key for key, rec in self.cells.items() if rec.status == "pending"]
 
+    @property
+    def node(self) -> str | None:
+        """The host that measured the run (pytest-benchmark's machine_info.node)."""
+        node = ((self.data or {}).get("machine_info") or {}).get("node")
+        return str(node) if node else None
+
+    @property
+    def gpu_uuid(self) -> str | None:
+        return self.machine.get("gpu_uuid")
+
+    @property
+    def cuda_visible_devices(self) -> str | None:
+        return self.machine.get("cuda_visible_devices")
+
+    def round_options(self) -> list[dict]:
+        """pytest-benchmark's options of every benchmark, each distinct one once."""
+        distinct: list[dict] = []
+        for result in self.passes().values():
+            if result.options not in distinct:
+                distinct.append(result.options)
+        return distinct
+
 
 # -- the writer
 
@@ -197,6 +276,8 @@ def cell_section(rec: CellRecord) -> dict:
                **{k: rec.memory[k] for k in MEMORY_KEYS if rec.memory.get(k) is not None}}
     if rec.accuracy is not None:
         section["accuracy"] = accuracy_section(rec.accuracy)
+    if rec.shard is not None:
+        section["shard"] = rec.shard
     return section
 
 
@@ -207,8 +288,8 @@ def accuracy_section(acc: Accuracy) -> dict:
 
 
 def run_section(*, preset: str, timing: Timing, plants: dict, complete: bool, stop_reason: str,
-                cells: list[CellRecord]) -> dict:
-    """The run's ``attnbench`` section."""
+                cells: list[CellRecord], shard: ShardInfo | None = None) -> dict:
+    """The run's ``attnbench`` section; ``shard`` for a shard's run (null in a whole run)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "preset": preset,
@@ -216,17 +297,59 @@ def run_section(*, preset: str, timing: Timing, plants: dict, complete: bool, st
         "plants": plants,
         "complete": complete,
         "stop_reason": stop_reason,
+        "shard": None if shard is None else {"index": shard.index, "count": shard.count,
+                                             "grid_cells": list(shard.grid_cells),
+                                             "partition_memory_bytes": shard.partition_memory_bytes},
         "cells": [cell_section(rec) for rec in cells],
     }
 
 
-def machine_section(env: dict, *, gpu_start: dict | None = None, gpu_end: dict | None = None,
-                    flags: list[str] | None = None) -> dict:
-    """``machine_info.attnbench``: the environment, and on CUDA the GPU's state at start and end."""
-    section: dict = {"env": {k: env.get(k) for k in ENV_KEYS}}
+def machine_section(env: dict, *, gpu_uuid: str | None = None, cuda_visible_devices: str | None = None,
+                    gpu_start: dict | None = None, gpu_end: dict | None = None, flags: list[str] | None = None,
+                    shards: list[ShardMachine] | None = None) -> dict:
+    """``machine_info.attnbench``: the environment, which GPU (null on CPU), on CUDA the GPU's state at start
+    and end, and in a merged run where each shard measured (then ``flags`` are every shard's)."""
+    section: dict = {"env": {k: env.get(k) for k in ENV_KEYS}, "gpu_uuid": gpu_uuid,
+                     "cuda_visible_devices": cuda_visible_devices}
     if gpu_start is not None:
-        section.update(gpu_start=gpu_start, gpu_end=gpu_end, flags=list(flags or []))
+        section.update(gpu_start=gpu_start, gpu_end=gpu_end)
+    if gpu_start is not None or flags:
+        section["flags"] = list(flags or [])
+    if shards is not None:
+        section["shards"] = [{k: (list(v) if k == "flags" else v) for k, v in
+                              ((k, getattr(m, k)) for k in SHARD_MACHINE_KEYS)} for m in shards]
     return section
+
+
+def merged_run(parts: list[Run], *, cells: list[CellRecord], complete: bool, stop_reason: str,
+               shard_machines: list[ShardMachine]) -> dict:
+    """One run from shards' runs (read by :func:`load`, checked by the caller to belong together).
+
+    pytest-benchmark's part is the first shard's (machine, commit, version) with every shard's benchmarks,
+    in the whole grid's order for each test; attnbench's is a whole run's: ``cells`` (each naming its shard),
+    and where each shard measured under ``machine_info.attnbench.shards``.
+    """
+    first = parts[0]
+    data = {k: v for k, v in first.data.items() if k not in ("benchmarks", "attnbench", "machine_info")}
+    order = {rec.key: i for i, rec in enumerate(cells)}
+    ours, others = [], []
+    for part in parts:
+        names = {result.name for result in part.passes().values()}
+        for entry in part.data["benchmarks"]:
+            (ours if entry.get("fullname") in names else others).append(entry)
+
+    def position(entry: dict) -> tuple:
+        test = entry["fullname"].split("[", 1)[0]
+        return test, order.get(cell_key(entry["params"]), len(order))
+
+    data["benchmarks"] = sorted(ours, key=position) + others
+    data["datetime"] = max((part.data.get("datetime") or "" for part in parts), default="")  # the last to end
+    flags = [f"shard {m.index}: {flag}" for m in shard_machines for flag in m.flags]
+    data["machine_info"] = {**first.data["machine_info"],
+                            "attnbench": machine_section(first.env, flags=flags, shards=shard_machines)}
+    data["attnbench"] = run_section(preset=first.preset, timing=first.timing, plants=first.plants, complete=complete,
+                                    stop_reason=stop_reason, cells=cells)
+    return data
 
 
 def write_json_atomically(path: Path, data: dict, *, exclusive: bool = False) -> None:
@@ -415,14 +538,65 @@ class _Reader:
         plants = sec.get("plants") or {}
         commit = self.data.get("commit_info") or {}
         cpu = (self.data["machine_info"].get("cpu") or {})
+        shard = self.shard(cells) if sec.get("shard") is not None else None
+        shard_machines = self.shard_machines(machine.get("shards"), cells)
         return Run(
             path=path, schema_version=self.version, preset=str(sec.get("preset", "?")), device=device,
             timing=timing, plants=plants if isinstance(plants, dict) else {}, complete=complete,
             stop_reason=stop_reason, env={**env, "device": device}, machine=machine, cells=cells,
             commit=commit if isinstance(commit, dict) else {}, datetime=str(self.data.get("datetime") or ""),
             cpu_brand=str(cpu.get("brand_raw") or "unknown") if isinstance(cpu, dict) else "unknown",
-            other_benchmarks=other,
+            other_benchmarks=other, shard=shard, shard_machines=shard_machines, data=self.data,
         )
+
+    def shard(self, cells: dict[str, CellRecord]) -> ShardInfo:
+        fields = self.mapping("attnbench", "shard", self.section.get("shard"))
+        count = self.number("attnbench.shard", "count", fields.get("count"), integer=True, positive=True)
+        index = self.number("attnbench.shard", "index", fields.get("index"), integer=True, positive=True)
+        if index > count:
+            self.fail("attnbench.shard", f"index is {index}, expected 1 to count ({count})")
+        grid = fields.get("grid_cells")
+        if not isinstance(grid, list) or not all(isinstance(key, str) and key for key in grid):
+            self.fail("attnbench.shard", "grid_cells is not a list of cell keys")
+        if len(set(grid)) != len(grid):
+            self.fail("attnbench.shard", "grid_cells names a cell twice")
+        outside = [key for key in cells if key not in set(grid)]
+        if outside:
+            self.fail("attnbench.shard", f"cell(s) {', '.join(outside[:5])} are not in grid_cells")
+        memory = self.number("attnbench.shard", "partition_memory_bytes", fields.get("partition_memory_bytes"),
+                             integer=True, positive=True)
+        return ShardInfo(index, count, tuple(grid), memory)
+
+    def shard_machines(self, entries, cells: dict[str, CellRecord]) -> list[ShardMachine]:
+        if entries is None:
+            if any(rec.shard is not None for rec in cells.values()):
+                self.fail("machine_info.attnbench", "shards is missing, and cells name the shard that measured them")
+            return []
+        if not isinstance(entries, list) or not entries:
+            self.fail("machine_info.attnbench", "shards is not a list of shards")
+        machines = []
+        for i, fields in enumerate(entries):
+            entry = f"machine_info.attnbench.shards[{i}]"
+            fields = self.mapping(entry, "the record", fields)
+            index = self.number(entry, "index", fields.get("index"), integer=True, positive=True)
+            texts = {}
+            for k in ("node", "gpu_uuid", "cuda_visible_devices"):
+                if fields.get(k) is not None and not isinstance(fields[k], str):
+                    self.fail(entry, f"{k} is {fields[k]!r}, expected text or null")
+                texts[k] = fields.get(k)
+            samples = {k: self.mapping(entry, k, fields[k]) if fields.get(k) is not None else None
+                       for k in ("gpu_start", "gpu_end")}
+            flags = fields.get("flags") or []
+            if not isinstance(flags, list):
+                self.fail(entry, "flags is not a list")
+            machines.append(ShardMachine(index, **texts, **samples, flags=tuple(map(str, flags))))
+        indices = [m.index for m in machines]
+        if len(set(indices)) != len(indices):
+            self.fail("machine_info.attnbench.shards", "a shard is listed twice")
+        for key, rec in cells.items():
+            if rec.shard is not None and rec.shard not in indices:
+                self.fail(f"cell {key}", f"shard is {rec.shard}, not one of the run's shards {indices}")
+        return machines
 
     def cells(self, device: str) -> dict[str, CellRecord]:
         records = self.section.get("cells")
@@ -451,7 +625,11 @@ class _Reader:
             accuracy = self.accuracy(entry, fields["accuracy"]) if fields.get("accuracy") is not None else None
             if status == "wrong" and accuracy is None:
                 self.fail(entry, "status wrong but no accuracy record")
-            cells[cell.key] = CellRecord(cell, status, str(fields.get("message") or ""), memory, accuracy=accuracy)
+            shard = None
+            if fields.get("shard") is not None:
+                shard = self.number(entry, "shard", fields["shard"], integer=True, positive=True)
+            cells[cell.key] = CellRecord(cell, status, str(fields.get("message") or ""), memory, accuracy=accuracy,
+                                         shard=shard)
         return cells
 
     def accuracy(self, entry: str, fields) -> Accuracy:
@@ -508,5 +686,6 @@ class _Reader:
             flops = self.number(f"benchmark {name}", "extra_info.flops", info.get("flops"), positive=True)
             checks = {k: self.number(f"benchmark {name}", f"extra_info.{k}", info[k])
                       for k in OPTIONAL_PASS_KEYS if info.get(k) is not None}
-            rec.passes[pass_name] = PassResult(name, pass_name, stats, flops, checks)
+            options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
+            rec.passes[pass_name] = PassResult(name, pass_name, stats, flops, checks, options)
         return other

@@ -317,6 +317,13 @@ def machine(run: Run) -> list[str]:
     lines = [" · ".join(parts), "",
              f"Run: `{name}` ({run.datetime or '?'}); commit {str(commit.get('id', '?'))[:12]}{dirty}; "
              f"preset {run.preset}; timing {run.timing.describe()}", ""]
+    if run.shard is not None:
+        lines += [f"**Shard {run.shard.label}** of a grid of {len(run.shard.grid_cells)} cells: this run holds "
+                  f"{len(run.cells)} of them; `attnbench merge` joins the shards into one run.", ""]
+    if run.shard_machines:
+        measured = {m.index: sum(rec.shard == m.index for rec in run.cells.values()) for m in run.shard_machines}
+        lines += [f"Merged from {len(run.shard_machines)} shards: " + "; ".join(
+            f"{m.describe()}: {measured[m.index]} cells" for m in run.shard_machines) + ".", ""]
     if not run.complete:
         lines += [f"**Incomplete run:** {run.stop_reason}. Cells marked \"not run\" were never measured; do not "
                   "compare this run as a whole.", ""]

@@ -315,7 +315,8 @@ def test_readme_documents_every_saved_key():
     documented = set(re.findall(r"`([a-z_0-9]+)`", keys_section))
     written = (set(record.RUN_KEYS) | set(record.CELL_KEYS) | set(record.PASS_KEYS) | set(record.ENV_KEYS)
                | set(record.ACCURACY_KEYS) | set(record.TENSOR_ERROR_KEYS) | {"out", "dq", "dk", "dv"}
-               | {"mode", "flush_l2", "env", "gpu_start", "gpu_end", "flags", "attnbench", "extra_info", "params"})
+               | set(record.MACHINE_KEYS) | set(record.SHARD_KEYS) | set(record.SHARD_MACHINE_KEYS)
+               | {"mode", "flush_l2", "attnbench", "extra_info", "params"})
     missing = sorted(written - documented)
     assert not missing, f"README's 'Saved JSON keys' does not list {missing}"
 
@@ -323,7 +324,7 @@ def test_readme_documents_every_saved_key():
 def test_a_saved_run_holds_only_keys_the_record_writes(tiny):
     data = tiny.data()
     assert set(data["attnbench"]) == set(record.RUN_KEYS)
-    assert set(data["machine_info"]["attnbench"]) <= {"env", "gpu_start", "gpu_end", "flags"}
+    assert set(data["machine_info"]["attnbench"]) <= set(record.MACHINE_KEYS)
     for b in data["benchmarks"]:
         assert set(b["extra_info"]) <= set(record.PASS_KEYS) and set(b["params"]) == set(AXES)
     for c in data["attnbench"]["cells"]:
