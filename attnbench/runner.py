@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -75,6 +76,7 @@ class CellRunner:
         self.check_accuracy = accuracy
         self.clock = clock
         self.record = CellRecord(cell)
+        self._generator: torch.Generator | None = None
         self._attention = (lambda q, k, v: self.variant.fn(q, k, v, causal=cell.causal))
         if plant is not None:  # a planted regression (attnbench.plants), only when asked for
             self._attention = plant.wrap_attention(self._attention)
@@ -82,11 +84,21 @@ class CellRunner:
 
     # -- inputs and the call being measured
 
+    @property
+    def generator(self) -> torch.Generator:
+        """The cell's own generator, seeded from its key, not the device's default one: a failed CUDA graph
+        capture leaves the default CUDA generator registered with the dead graph, and every later draw from it
+        raises."""
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.cell.device).manual_seed(zlib.crc32(self.cell.key.encode()))
+        return self._generator
+
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fresh standard-normal q, k, v (requiring grad) and grad_out on the cell's device."""
+        """Fresh standard-normal q, k, v (requiring grad) and grad_out on the cell's device, from its generator."""
         c = self.cell
         shape = (c.batch, c.heads, c.seq_len, c.head_dim)
-        q, k, v, grad_out = (torch.randn(shape, device=c.device, dtype=c.torch_dtype) for _ in range(4))
+        q, k, v, grad_out = (torch.randn(shape, device=c.device, dtype=c.torch_dtype, generator=self.generator)
+                             for _ in range(4))
         return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), grad_out
 
     def attention(self, q, k, v) -> torch.Tensor:
@@ -140,7 +152,7 @@ class CellRunner:
         if on_cuda:
             torch.cuda.synchronize()
             memory["mem_before_backward_bytes"] = torch.cuda.memory_allocated() - base
-            grad_out = torch.randn_like(out)
+            grad_out = torch.randn(out.shape, device=out.device, dtype=out.dtype, generator=self.generator)
             torch.cuda.reset_peak_memory_stats()
         torch.autograd.grad(out, (q, k, v), grad_out)
         if on_cuda:

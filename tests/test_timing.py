@@ -252,3 +252,28 @@ def test_every_timing_mode_runs_a_cuda_grid_and_records_itself(tmp_path, mode, f
     assert run.cells["sdpa_efficient-s256-d64-b8-h1-fp32-full"].status == "ok", "SDPA captures in a CUDA graph"
     timer = json.loads(json_path.read_text())["benchmarks"][0]["options"]["timer"]
     assert timer == ("perf_counter" if mode == "wall" else "DeviceClock"), timer
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_a_failed_capture_does_not_poison_the_cells_after_it():
+    """A capture that fails (here: a host sync inside the captured call) leaves the default CUDA generator
+    registered with the dead graph; the next cell must still draw its inputs and capture."""
+    from attnbench.grid import Cell
+    from attnbench.record import Timing
+    from attnbench.runner import CellRunner, _CaptureFailed
+
+    def cell(variant: str) -> Cell:
+        return Cell(variant=variant, seq_len=256, head_dim=64, batch=2, heads=2, dtype="fp32", causal=False,
+                    device="cuda")
+
+    broken = CellRunner(cell("tiled"), max_time_s=0.01, min_rounds=1, timing=Timing("cudagraph", False))
+    syncing = broken._attention
+    broken._attention = lambda q, k, v: syncing(q, k, v) * (q.sum().item() == q.sum().item())
+    with pytest.raises(_CaptureFailed, match="capture failed"):
+        broken.targets("forward")
+    after = CellRunner(cell("sdpa_efficient"), max_time_s=0.01, min_rounds=1, timing=Timing("cudagraph", False))
+    target, _ = after.targets("forward")
+    out = target()
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all(), "the cell after a failed capture replays its graph"
