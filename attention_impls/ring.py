@@ -264,6 +264,8 @@ class _Ring:
     world_size: int
     layout: str
     seq_len: int
+    exchange_blocks: bool = True
+
 
     def peer(self, offset: int) -> int:
         """The global rank of the ring neighbour ``offset`` places on (for P2POp)."""
@@ -275,6 +277,8 @@ class _Ring:
 
     def exchange(self, send: torch.Tensor, recv: torch.Tensor) -> list:
         """Start sending ``send`` to the next rank and receiving ``recv`` from the previous one."""
+        if not self.exchange_blocks:
+            return []
         ops = [dist.P2POp(dist.isend, send, self.peer(1), self.group),
                dist.P2POp(dist.irecv, recv, self.peer(-1), self.group)]
         return dist.batch_isend_irecv(ops)
@@ -295,7 +299,8 @@ def _kv_buffers(k: torch.Tensor, ring: _Ring, dtype: torch.dtype) -> list[torch.
     """Two flat buffers, each big enough for the largest shard's K and V: what is held and what arrives."""
     batch, heads, _, head_dim = k.shape
     longest = max(ring.local_len(r) for r in range(ring.world_size))
-    return [torch.empty(2 * batch * heads * longest * head_dim, dtype=dtype, device=k.device) for _ in range(2)]
+    new = torch.empty if ring.exchange_blocks else torch.zeros  # never compute on uninitialised memory
+    return [new(2 * batch * heads * longest * head_dim, dtype=dtype, device=k.device) for _ in range(2)]
 
 
 class _RingAttention(torch.autograd.Function):
@@ -323,7 +328,7 @@ class _RingAttention(torch.autograd.Function):
                                                        block_causal)
                 _merge(out_acc[:, :, rows], lse_acc[:, :, rows], out_block, lse_block, op.lse_log2)
             _wait(requests)
-            if requests:
+            if step + 1 < ring.world_size:
                 kv = incoming
         out = out_acc.to(q.dtype)
         lse = lse_acc if q.dtype == torch.float64 else lse_acc.float()
@@ -371,7 +376,7 @@ class _RingAttention(torch.autograd.Function):
                 grad_requests = ring.exchange(dkv, arriving)
                 dkv = arriving
             _wait(requests)
-            if requests:
+            if step + 1 < ring.world_size:
                 kv = incoming
         _wait(grad_requests)
         return dq_acc.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
@@ -382,7 +387,7 @@ class _RingAttention(torch.autograd.Function):
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                    group: dist.ProcessGroup | None = None, block: str = "triton_flash", layout: str | None = None,
-                   seq_len: int | None = None) -> torch.Tensor:
+                   seq_len: int | None = None, exchange_blocks: bool = True) -> torch.Tensor:
     """Attention over a sequence split across the ranks of ``group`` (default: the whole world).
 
     q, k, v: this rank's shard, ``(batch, heads, local_seq, head_dim)``, as ``shard_sequence`` cuts it for
@@ -391,7 +396,9 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     ``sdpa_flash``, ``math``). ``layout``: ``contiguous`` or ``zigzag``; default zigzag when causal (every
     rank does equal work at every step), contiguous otherwise; zigzag without causal is allowed and only
     permutes positions (non-causal work is balanced either way). ``seq_len``: the global length; without it
-    the ranks exchange their shard shapes once to learn it (and to check they agree).
+    the ranks exchange their shard shapes once to learn it (and to check they agree). ``exchange_blocks=False``
+    is for measuring only: every step computes on a zeroed block of the right shape instead of the K/V (and
+    dK/dV) that would have arrived, so the result is wrong; what is left is the computation alone.
 
     Every rank of the group must call it with the same arguments but its own shard. Raises RuntimeError
     when torch.distributed is not initialised, TypeError/ValueError for inputs outside this contract.
@@ -421,7 +428,9 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if q.shape[2] != expected:
         raise ValueError(f"rank {rank} holds {q.shape[2]} positions; a {seq_len}-long {layout} split over "
                          f"{world_size} ranks gives it {expected} (cut inputs with shard_sequence)")
-    ring = _Ring(group, rank, world_size, layout, seq_len)
+    if not isinstance(exchange_blocks, bool):
+        raise TypeError(f"exchange_blocks must be a bool, got {type(exchange_blocks).__name__}")
+    ring = _Ring(group, rank, world_size, layout, seq_len, exchange_blocks)
     return _RingAttention.apply(q, k, v, causal, op, ring)
 
 
