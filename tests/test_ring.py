@@ -208,3 +208,78 @@ def test_local_length_that_does_not_fit_the_split(single_rank_group):
     with pytest.raises(TypeError, match="seq_len must be an int"):
         ring_attention(*_qkv(seq_len=8), block="math", seq_len=8.0)
 
+
+
+# -- the benchmark command, end to end
+
+
+def test_cp_command_on_two_cpu_ranks(tmp_path):
+    """`attnbench cp --nproc 2 --device cpu` starts torchrun, measures a tiny grid with gloo, saves a run that
+    attnbench.record.load reads: every ring cell measured on two ranks, with its exchange and efficiency facts."""
+    import subprocess
+    import sys
+
+    from attnbench.record import load
+
+    run_path = tmp_path / "run.json"
+    command = [sys.executable, "-m", "attnbench", "cp", "--nproc", "2", "--device", "cpu", "--seq-lens", "37",
+               "--heads", "2", "--head-dim", "16", "--dtype", "fp32", "--blocks", "sdpa_flash", "--warmup", "1",
+               "--rounds", "2", "-o", str(run_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"attnbench cp exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    assert "efficiency fwd / bwd" in done.stdout, f"no table printed:\n{done.stdout}"
+    run = load(run_path)
+    assert run.world_size == 2 and run.preset == "context-parallel"
+    statuses = {key: rec.status for key, rec in run.cells.items()}
+    assert statuses == {
+        "ring_sdpa_flash-s37-d16-b1-h2-fp32-full": "ok", "sdpa_flash-s37-d16-b1-h2-fp32-full": "ok",
+        "context_parallel-s37-d16-b1-h2-fp32-full": "skipped",
+        "ring_sdpa_flash-s37-d16-b1-h2-fp32-causal": "ok", "sdpa_flash-s37-d16-b1-h2-fp32-causal": "ok",
+        "context_parallel-s37-d16-b1-h2-fp32-causal": "skipped"}, statuses
+    for mask in ("full", "causal"):
+        ring = run.cells[f"ring_sdpa_flash-s37-d16-b1-h2-fp32-{mask}"]
+        single = run.cells[f"sdpa_flash-s37-d16-b1-h2-fp32-{mask}"]
+        assert ring.memory["saved_nxn"] == 0, f"a rank kept an n×n tensor: {ring.memory}"
+        for pass_name in ("forward", "backward"):
+            facts = ring.passes[pass_name].checks
+            assert facts["comm_s"] > 0 and 0 <= facts["hidden_comm_fraction"] <= 1, facts
+            expected = single.median_s(pass_name) / (2 * ring.median_s(pass_name))
+            assert abs(facts["scaling_efficiency"] - expected) < 1e-9 * expected, (
+                f"efficiency {facts['scaling_efficiency']} is not single / (2 x ring) = {expected}")
+
+
+def test_cp_command_outside_torchrun_says_how_to_run_it(capsys):
+    from attnbench.cli import main
+
+    assert main(["cp", "--device", "cpu", "--seq-lens", "8"]) == 2
+    assert "torchrun --nproc-per-node N -m attnbench cp" in capsys.readouterr().err
+
+
+def test_cp_command_refuses_an_unknown_block(capsys):
+    from attnbench.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["cp", "--blocks", "flash3"])
+    assert "unknown block 'flash3'; allowed: triton_flash, sdpa_flash, math" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cp_command_on_two_gpus(tmp_path):
+    """On a host with 2+ GPUs: the ring with both block ops, NCCL, a short grid, every ring cell measured."""
+    import subprocess
+    import sys
+
+    from attnbench.record import load
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA GPUs")
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs at least 2 GPUs, found {torch.cuda.device_count()}")
+    run_path = tmp_path / "run.json"
+    command = [sys.executable, "-m", "attnbench", "cp", "--nproc", "2", "--seq-lens", "4099", "--heads", "4",
+               "--warmup", "1", "--rounds", "3", "-o", str(run_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"attnbench cp exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    run = load(run_path)
+    rings = {key: rec.status for key, rec in run.cells.items() if key.startswith("ring_")}
+    assert set(rings.values()) == {"ok"}, rings
