@@ -65,8 +65,9 @@ OPTIONAL_PASS_KEYS = ("warmup_wall_s", "event_median_s", "launch_slack_s", *CP_P
 #: pytest-benchmark statistics a reader relies on.
 REQUIRED_STATS = ("min", "max", "mean", "median", "q1", "q3", "iqr")
 #: keys of the run's attnbench section, and of each cell record in it.
+RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_reason", "shard", "cells")
 #: ``world_size``: the ranks one measurement ran across (``attnbench cp``); absent in a single-process run.
-RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_reason", "shard", "cells", "world_size")
+OPTIONAL_RUN_KEYS = ("world_size",)
 #: a cell's ``shard``: in a merged run, the index of the shard that measured it.
 CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy", "shard")
 #: keys of a shard's ``attnbench.shard``: shard ``index`` (1-based) of ``count``, the key of every cell of the
