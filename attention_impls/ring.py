@@ -50,7 +50,7 @@ class BlockOp:
     name: str
     forward: Callable
     backward: Callable
-    unavailable_reason: Callable[[torch.device, torch.dtype], "str | None"]
+    unavailable_reason: Callable[[torch.device, torch.dtype], str | None]
     lse_log2: bool = False
     description: str = ""
 

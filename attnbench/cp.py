@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import statistics
 import subprocess
@@ -111,18 +112,23 @@ def _time_passes(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor]
                  rounds: int, synchronize: Callable[[], None]) -> tuple[list[float], list[float]]:
     """Forward and backward seconds per round; ranks start every pass together (barrier outside the timing)."""
     times: dict[str, list[float]] = {"forward": [], "backward": []}
+    held: dict[str, torch.Tensor] = {}
+
+    def run_forward():
+        held["out"] = forward()
+        held["grad"] = torch.randn_like(held["out"])
+
+    def run_backward():
+        torch.autograd.grad(held.pop("out"), inputs, held.pop("grad"))
+
     for i in range(warmup + rounds):
         synchronize()
-        box = {}
-        fwd = clock(lambda: box.setdefault("out", forward()))
-        out = box["out"]
-        grad = torch.randn_like(out)
+        fwd = clock(run_forward)
         synchronize()
-        bwd = clock(lambda: torch.autograd.grad(out, inputs, grad))
+        bwd = clock(run_backward)
         if i >= warmup:
             times["forward"].append(fwd)
             times["backward"].append(bwd)
-        del out, box
     return times["forward"], times["backward"]
 
 
@@ -400,8 +406,8 @@ def _table_rows(cells: list[tuple[Cell, dict]], benchmarks: list[dict]) -> list[
         fwd, bwd = facts.get((cell.key, "forward")), facts.get((cell.key, "backward"))
         cp_result = cp.get((cell.seq_len, cell.causal), {})
 
-        def median(entry):
-            return render.ms(entry["stats"]["median"]) if entry else result["status"]
+        def median(entry, status=result["status"]):
+            return render.ms(entry["stats"]["median"]) if entry else status
 
         def fact(entry, key, fmt):
             value = entry["extra_info"].get(key) if entry else None
@@ -411,8 +417,8 @@ def _table_rows(cells: list[tuple[Cell, dict]], benchmarks: list[dict]) -> list[
         rows.append([cell.seq_len, "causal" if cell.causal else "full", cell.variant.removeprefix("ring_"),
                      median(fwd), median(bwd), render.gib(result.get("memory", {}).get("peak_bytes")),
                      f"{fact(fwd, 'comm_s', render.ms)} / {fact(bwd, 'comm_s', render.ms)}",
-                     f"{fact(fwd, 'hidden_comm_fraction', render.percent)} / "
-                     f"{fact(bwd, 'hidden_comm_fraction', render.percent)}",
+                     (f"{fact(fwd, 'hidden_comm_fraction', render.percent)} / "
+                      f"{fact(bwd, 'hidden_comm_fraction', render.percent)}"),
                      f"{fact(fwd, 'scaling_efficiency', _two)} / {fact(bwd, 'scaling_efficiency', _two)}",
                      (f"{render.ms(cp_passes['forward']['median'])} / {render.ms(cp_passes['backward']['median'])}"
                       if cp_passes else cp_result.get("status", render.MISSING))])
@@ -438,7 +444,7 @@ def measure(args, device: torch.device) -> tuple[list[tuple[Cell, dict]], dict]:
             mask = "causal" if causal else "full"
             for block in args.blocks:
                 cell = runner.cell(ring_variant(block), seq_len, causal)
-                result = runner._guarded(lambda: runner.ring(block, seq_len, causal), collective=True)
+                result = runner._guarded(functools.partial(runner.ring, block, seq_len, causal), collective=True)
                 cells.append((cell, result))
                 say(f"[cp] seq_len {seq_len} {mask} ring {block}: {_progress(result)}", flush=True)
             if args.single:

@@ -46,8 +46,8 @@ def run_case(case: dict, rank: int, world_size: int) -> dict:
         return shard_sequence(x, rank, world_size, layout=layout)
 
     local = [shard(x).requires_grad_() for x in (q, k, v)]
-    kwargs = dict(causal=causal, block=case["block"], layout=layout,
-                  seq_len=case["seq_len"] if case["pass_seq_len"] else None)
+    kwargs = {"causal": causal, "block": case["block"], "layout": layout,
+              "seq_len": case["seq_len"] if case["pass_seq_len"] else None}
     out = ring_attention(*local, **kwargs)
     got = [out, *torch.autograd.grad(out, local, shard(grad_out))]
 
