@@ -1,4 +1,4 @@
-"""``attnbench`` command line: report, oom, gate, variants, precompile, merge, run."""
+"""``attnbench`` command line: report, oom, gate, variants, precompile, merge, run, cp."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="attention benchmark tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from . import gate, launch, merge, oom, precompile, report, variants
+    from . import cp, gate, launch, merge, oom, precompile, report, variants
 
     report.add_arguments(sub.add_parser("report", help="markdown tables (and plots) from a saved run"))
     oom.add_arguments(sub.add_parser("oom", help="largest seq_len that fits, per variant, on a GPU"))
@@ -19,11 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
     precompile.add_arguments(sub.add_parser("precompile", help="compile triton_flash's kernels for a grid (GPU)"))
     merge.add_arguments(sub.add_parser("merge", help="merge the runs of a grid's shards into one run"))
     launch.add_arguments(sub.add_parser("run", help="run the suite in shards, one pytest process per GPU, and merge"))
+    cp.add_arguments(sub.add_parser("cp", help="ring attention across GPUs (torchrun): time, memory, comm, efficiency"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as given, for a command that relaunches itself (cp --nproc)
     return args.run(args)
 
 

@@ -41,8 +41,9 @@ DEFAULT_STORAGE = ".benchmarks"
 PASSES = ("forward", "backward")
 #: ok: measured; wrong: measured, but a result is past its accuracy bound; oom-*: does not fit (predicted
 #: before running, or the allocator failed); capture-failed: the variant cannot be captured in a CUDA graph
-#: (timing mode cudagraph); pending: the run stopped before the cell finished.
-STATUSES = ("ok", "wrong", "oom-predicted", "oom-measured", "capture-failed", "pending")
+#: (timing mode cudagraph); pending: the run stopped before the cell finished; failed: the cell raised (the
+#: message says what); skipped: not attempted here (the message says why).
+STATUSES = ("ok", "wrong", "oom-predicted", "oom-measured", "capture-failed", "pending", "failed", "skipped")
 #: statuses whose benchmarks were timed.
 TIMED_STATUSES = ("ok", "wrong")
 TIMING_MODES = ("device", "wall", "cudagraph")
@@ -52,13 +53,21 @@ MEMORY_KEYS = ("saved_nxn", "saved_bytes", "predicted_before_backward_bytes", "p
 #: figures every measured cell has, and those a measured CUDA cell has too.
 REQUIRED_MEMORY = ("saved_nxn", "saved_bytes", "predicted_before_backward_bytes", "predicted_peak_bytes")
 REQUIRED_CUDA_MEMORY = ("mem_before_backward_bytes", "peak_bytes")
+#: in a run across ranks (``attnbench cp``) the memory model does not apply: census and allocator only.
+REQUIRED_MULTI_RANK_MEMORY = ("saved_nxn", "saved_bytes")
 #: a pass's own facts in its benchmark's extra_info (the optional ones only when measured).
-PASS_KEYS = ("pass", "flops", "warmup_wall_s", "event_median_s", "launch_slack_s")
-OPTIONAL_PASS_KEYS = ("warmup_wall_s", "event_median_s", "launch_slack_s")
+#: ``attnbench cp`` adds, per pass: ``comm_s`` the ring's exchanges alone, ``compute_s`` the ring without them,
+#: ``hidden_comm_fraction`` the share of comm_s the computation hid, ``single_device_s`` one GPU on the whole
+#: problem, ``scaling_efficiency`` single_device_s / (world_size x the ring's median).
+CP_PASS_KEYS = ("comm_s", "compute_s", "hidden_comm_fraction", "single_device_s", "scaling_efficiency")
+PASS_KEYS = ("pass", "flops", "warmup_wall_s", "event_median_s", "launch_slack_s", *CP_PASS_KEYS)
+OPTIONAL_PASS_KEYS = ("warmup_wall_s", "event_median_s", "launch_slack_s", *CP_PASS_KEYS)
 #: pytest-benchmark statistics a reader relies on.
 REQUIRED_STATS = ("min", "max", "mean", "median", "q1", "q3", "iqr")
 #: keys of the run's attnbench section, and of each cell record in it.
 RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_reason", "shard", "cells")
+#: ``world_size``: the ranks one measurement ran across (``attnbench cp``); absent in a single-process run.
+OPTIONAL_RUN_KEYS = ("world_size",)
 #: a cell's ``shard``: in a merged run, the index of the shard that measured it.
 CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy", "shard")
 #: keys of a shard's ``attnbench.shard``: shard ``index`` (1-based) of ``count``, the key of every cell of the
@@ -206,6 +215,7 @@ class Run:
     shard: ShardInfo | None = None  # a shard's run: which shard of which grid
     shard_machines: list[ShardMachine] = field(default_factory=list)  # a merged run: where each shard measured
     data: dict | None = field(default=None, repr=False)  # the JSON as read (for merging runs)
+    world_size: int = 1  # ranks per measurement (attnbench cp); 1 in a single-process run
 
     @property
     def device_label(self) -> str:
@@ -288,9 +298,11 @@ def accuracy_section(acc: Accuracy) -> dict:
 
 
 def run_section(*, preset: str, timing: Timing, plants: dict, complete: bool, stop_reason: str,
-                cells: list[CellRecord], shard: ShardInfo | None = None) -> dict:
-    """The run's ``attnbench`` section; ``shard`` for a shard's run (null in a whole run)."""
-    return {
+                cells: list[CellRecord], shard: ShardInfo | None = None, world_size: int | None = None) -> dict:
+    """The run's ``attnbench`` section; ``shard`` for a shard's run (null in a whole run); ``world_size`` for a
+    run measured across several ranks (left out otherwise)."""
+    extra = {} if world_size is None else {"world_size": world_size}
+    return {**extra,
         "schema_version": SCHEMA_VERSION,
         "preset": preset,
         "timing": {"mode": timing.mode, "flush_l2": timing.flush_l2},
@@ -319,6 +331,23 @@ def machine_section(env: dict, *, gpu_uuid: str | None = None, cuda_visible_devi
         section["shards"] = [{k: (list(v) if k == "flags" else v) for k, v in
                               ((k, getattr(m, k)) for k in SHARD_MACHINE_KEYS)} for m in shards]
     return section
+
+
+def benchmark_entry(cell: Cell, pass_name: str, stats: dict, extra_info: dict) -> dict:
+    """One benchmark as pytest-benchmark writes it, for a command that measures outside pytest (attnbench cp):
+    ``stats`` as ``pytest_benchmark.stats.Stats.as_dict()`` gives them, ``extra_info`` from pass_extra_info."""
+    name = f"{pass_name}[{cell.key}]"
+    return {"group": cell.group, "name": name, "fullname": f"attnbench cp::{name}", "params": cell.params(),
+            "param": cell.key, "extra_info": extra_info, "options": {}, "stats": stats}
+
+
+def command_run(*, machine_info: dict, commit_info: dict, benchmarks: list[dict], section: dict, version: str,
+                datetime: str) -> dict:
+    """A whole run written by an attnbench command instead of pytest-benchmark, in the same shape: pytest-benchmark's
+    ``machine_info`` (with ``attnbench`` from machine_section), ``commit_info``, ``version``; ``section`` from
+    run_section; ``benchmarks`` from benchmark_entry."""
+    return {"machine_info": machine_info, "commit_info": commit_info, "benchmarks": benchmarks,
+            "datetime": datetime, "version": version, "attnbench": section}
 
 
 def merged_run(parts: list[Run], *, cells: list[CellRecord], complete: bool, stop_reason: str,
@@ -450,6 +479,7 @@ class _Reader:
 
     def __init__(self, where: str, data: dict, section: dict, version: int):
         self.where, self.data, self.section, self.version = where, data, section, version
+        self.world_size: int | None = None  # a run across ranks (attnbench cp) says how many
 
     def fail(self, entry: str, problem: str):
         raise RunError(f"{self.where}: {entry}: {problem}; the run cannot be trusted (re-run it, or pass another)")
@@ -526,6 +556,8 @@ class _Reader:
             stop_reason = str(stop_reason or "")
         if device not in ("cpu", "cuda"):
             self.fail("machine_info.attnbench.env", f"device is {device!r}, expected cpu or cuda")
+        if sec.get("world_size") is not None:
+            self.world_size = self.number("attnbench", "world_size", sec["world_size"], integer=True, positive=True)
         cells = self.cells(device)
         other = self.benchmarks(cells, device)
         for key, rec in cells.items():
@@ -547,6 +579,7 @@ class _Reader:
             commit=commit if isinstance(commit, dict) else {}, datetime=str(self.data.get("datetime") or ""),
             cpu_brand=str(cpu.get("brand_raw") or "unknown") if isinstance(cpu, dict) else "unknown",
             other_benchmarks=other, shard=shard, shard_machines=shard_machines, data=self.data,
+            world_size=self.world_size or 1,
         )
 
     def shard(self, cells: dict[str, CellRecord]) -> ShardInfo:
@@ -618,7 +651,8 @@ class _Reader:
                 if fields.get(name) is not None:
                     memory[name] = self.number(entry, name, fields[name], integer=True)
             if status in TIMED_STATUSES:
-                required = REQUIRED_MEMORY + (REQUIRED_CUDA_MEMORY if device == "cuda" else ())
+                model = REQUIRED_MEMORY if self.world_size is None else REQUIRED_MULTI_RANK_MEMORY
+                required = model + (REQUIRED_CUDA_MEMORY if device == "cuda" else ())
                 missing = [name for name in required if name not in memory]
                 if missing:
                     self.fail(entry, f"measured (status {status}) but {', '.join(missing)} missing")
