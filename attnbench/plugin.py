@@ -442,8 +442,10 @@ def _summary(terminalreporter, config: pytest.Config) -> None:
         for r in wrong:
             tr.write_line(f"  {r.key}: {r.message}", red=True)
     if s.compare_findings:
-        tr.write_line(f"Regressed against --benchmark-compare's run (memory {s.memory_compare_fail}%, "
-                      f"accuracy factor {s.accuracy_compare_fail:g}):", red=True, bold=True)
+        memory_rule = "off" if s.memory_compare_fail is None else f"{s.memory_compare_fail:g}%"
+        accuracy_rule = f"{s.accuracy_compare_fail:g}" if s.accuracy else "off"
+        tr.write_line(f"Regressed against --benchmark-compare's run (memory {memory_rule}, "
+                      f"accuracy factor {accuracy_rule}):", red=True, bold=True)
         for f in s.compare_findings:
             tr.write_line(f"  {f.describe()}", red=True)
 
