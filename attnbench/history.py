@@ -8,8 +8,9 @@ metric: the median of the runs' values, and their spread (min, max).
 
 Steps. Each (cell, metric) series, one value per commit, is taken in log space (a step is a ratio) and divided
 by its noise σ: the largest of the commit-to-commit noise (1.4826 × the median absolute difference of
-consecutive commits / √2, which a few steps do not move), the spread between runs of one commit, and a
-floor per kind of figure (NOISE_FLOOR). Change points are the exact minimum of PELT's objective (squared error
+consecutive commits / √2, or the root mean square of those differences without the largest fifth, whichever
+is larger: a few steps move neither; times 1 + 2.5/√k for an estimate from k differences),
+the spread between runs of one commit, and a floor per kind of figure (NOISE_FLOOR). Change points are the exact minimum of PELT's objective (squared error
 around each segment's mean, plus PENALTY_PER_LOG_N × ln n per change point, segments of at least
 MIN_SEGMENT commits); a change point is kept as a step only when
 
@@ -67,6 +68,8 @@ METRICS: dict[str, Metric] = {
 NOISE_FLOOR = {"time": 0.005, "memory": 1e-4, "error": 0.05}
 #: a step smaller than this ratio is not listed, however clear (errors vary with the random inputs).
 MIN_STEP_RATIO = {"time": 1.02, "memory": 1.0, "error": 2.0}
+#: the commit-to-commit σ read from k differences is multiplied by 1 + SMALL_SAMPLE_INFLATION / √k.
+SMALL_SAMPLE_INFLATION = 2.5
 PENALTY_PER_LOG_N = 3.0
 MIN_SEGMENT = 2
 STEP_NOISE_MULTIPLE = 4.0
@@ -393,7 +396,14 @@ def noise_sigma(log_values: np.ndarray, run_spread: list[list[float]], kind: str
     sigma = NOISE_FLOOR[kind]
     if len(log_values) >= 3:
         differences = np.abs(np.diff(log_values))
-        sigma = max(sigma, 1.4826 * float(np.median(differences)) / math.sqrt(2))
+        # two estimates a few steps do not move: the median difference, and the root mean square of the
+        # differences without the largest fifth (at least two: a change and its undoing); whichever is larger
+        k = len(differences)
+        kept = np.sort(differences)[:k - min(max(2, k // 5), k - 2)]
+        spread = max(1.4826 * float(np.median(differences)), math.sqrt(float(np.mean(kept * kept))))
+        # an estimate from few differences is itself uncertain: it comes out low often enough to call noise a step
+        inflation = 1 + SMALL_SAMPLE_INFLATION / math.sqrt(len(differences))
+        sigma = max(sigma, inflation * spread / math.sqrt(2))
     ranges = [(max(v) - min(v)) / _RANGE_D2[min(len(v), 8)] for v in run_spread if len(v) >= 2]
     if ranges:
         sigma = max(sigma, float(np.median(ranges)))
