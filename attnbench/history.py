@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -312,29 +313,39 @@ def _pooled_status(statuses: list[str | None]) -> str | None:
 
 
 def _cell_series(key: str, ordered: list[list[RunFigures]]) -> dict[str, Series]:
-    series: dict[str, Series] = {}
     n = len(ordered)
+    observed: dict[str, list[list[Observation] | None]] = {}
+    for i, runs in enumerate(ordered):
+        for run in runs:
+            for metric, obs in run.figures.get(key, {}).items():
+                at = observed.setdefault(metric, [None] * n)
+                if at[i] is None:
+                    at[i] = [obs]
+                else:
+                    at[i].append(obs)
+    series: dict[str, Series] = {}
     for metric in METRICS:
+        if metric not in observed:
+            continue
         columns = {name: [None] * n for name in ("values", "q1", "q3", "low", "high", "rounds")}
-        seen = False
-        for i, runs in enumerate(ordered):
-            found = [r.figures.get(key, {}).get(metric) for r in runs]
-            found = [o for o in found if o is not None]
+        for i, found in enumerate(observed[metric]):
             if not found:
                 continue
-            seen = True
+            if len(found) == 1:  # one run at the commit (the usual case): its figures as they are
+                obs = found[0]
+                columns["values"][i] = columns["low"][i] = columns["high"][i] = obs.value
+                columns["q1"][i], columns["q3"][i], columns["rounds"][i] = obs.q1, obs.q3, obs.rounds
+                continue
             values = [o.value for o in found]
-            columns["values"][i] = float(np.median(values))
+            columns["values"][i] = statistics.median(values)
             columns["low"][i], columns["high"][i] = min(values), max(values)
             if all(o.q1 is not None for o in found):
-                columns["q1"][i] = float(np.median([o.q1 for o in found]))
-                columns["q3"][i] = float(np.median([o.q3 for o in found]))
+                columns["q1"][i] = statistics.median([o.q1 for o in found])
+                columns["q3"][i] = statistics.median([o.q3 for o in found])
             if all(o.rounds for o in found):
                 columns["rounds"][i] = tuple(x for o in found for x in o.rounds)
-            if len(found) > 1:
-                columns.setdefault("run_values", [None] * n)[i] = values
-        if seen:
-            series[metric] = Series(**columns)
+            columns.setdefault("run_values", [None] * n)[i] = values
+        series[metric] = Series(**columns)
     return series
 
 
