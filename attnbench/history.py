@@ -327,8 +327,16 @@ def _cell_series(key: str, ordered: list[list[RunFigures]]) -> dict[str, Series]
     for metric in METRICS:
         if metric not in observed:
             continue
+        at = observed[metric]
+        if all(found is None or len(found) == 1 for found in at):  # one run per commit (the usual case)
+            single = [found[0] if found else None for found in at]
+            values = [o.value if o else None for o in single]
+            series[metric] = Series(values, [o.q1 if o else None for o in single],
+                                    [o.q3 if o else None for o in single], values, values,
+                                    [o.rounds if o else None for o in single])
+            continue
         columns = {name: [None] * n for name in ("values", "q1", "q3", "low", "high", "rounds")}
-        for i, found in enumerate(observed[metric]):
+        for i, found in enumerate(at):
             if not found:
                 continue
             if len(found) == 1:  # one run at the commit (the usual case): its figures as they are
