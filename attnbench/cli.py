@@ -1,4 +1,4 @@
-"""``attnbench`` command line: report, oom, gate, variants, precompile, merge, run, cp."""
+"""``attnbench`` command line: report, oom, gate, history, variants, precompile, merge, run, cp."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="attention benchmark tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from . import cp, gate, launch, merge, oom, precompile, report, variants
+    from . import cp, gate, history, launch, merge, oom, precompile, report, variants
 
     report.add_arguments(sub.add_parser("report", help="markdown tables (and plots) from a saved run"))
     oom.add_arguments(sub.add_parser("oom", help="largest seq_len that fits, per variant, on a GPU"))
     gate.add_arguments(sub.add_parser("gate", help="compare two saved runs: exit 1 on a regression"))
+    history.add_arguments(sub.add_parser("history", help="every cell's figures over commits, and where steps began "
+                                                         "(HTML page, markdown)"))
     variants.add_arguments(sub.add_parser("variants", help="the registered variants as a markdown table"))
     precompile.add_arguments(sub.add_parser("precompile", help="compile triton_flash's kernels for a grid (GPU)"))
     merge.add_arguments(sub.add_parser("merge", help="merge the runs of a grid's shards into one run"))

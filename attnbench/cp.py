@@ -380,7 +380,7 @@ class _CellRun:
 
 def _records(cells: list[tuple[Cell, dict]], world_size: int, single: dict[tuple[int, bool], dict]):
     """CellRecords and benchmark entries, with each ring pass's efficiency against the single-GPU run."""
-    from .record import CellRecord, benchmark_entry, pass_extra_info
+    from .record import CellRecord, PassResult, benchmark_entry
 
     records, benchmarks = [], []
     for cell, result in cells:
@@ -391,8 +391,9 @@ def _records(cells: list[tuple[Cell, dict]], world_size: int, single: dict[tuple
             if cell.variant.startswith("ring_") and base and base.get("status") == "ok":
                 single_s = base["passes"][pass_name]["median"]
                 facts.update(single_device_s=single_s, scaling_efficiency=single_s / (world_size * stats["median"]))
-            benchmarks.append(benchmark_entry(cell, pass_name, stats,
-                                              pass_extra_info(pass_name, cell.flops(pass_name), **facts)))
+            measured = PassResult(name=f"attnbench cp::{pass_name}[{cell.key}]", pass_name=pass_name, stats=stats,
+                                 flops=cell.flops(pass_name), checks=facts)
+            benchmarks.append(benchmark_entry(cell, measured))
     return records, benchmarks
 
 

@@ -29,6 +29,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from .accuracy import TENSORS, Accuracy, TensorError
@@ -85,6 +86,11 @@ MACHINE_KEYS = ("env", "gpu_uuid", "cuda_visible_devices", "gpu_start", "gpu_end
 SHARD_MACHINE_KEYS = ("index", "node", "gpu_uuid", "cuda_visible_devices", "gpu_start", "gpu_end", "flags")
 #: machine_info.attnbench keys that differ in every process by design (samples, the card's identity).
 PER_PROCESS_MACHINE_KEYS = ("gpu_uuid", "cuda_visible_devices", "gpu_start", "gpu_end", "flags", "shards")
+#: keys of pytest-benchmark's ``commit_info`` a reader uses: the commit measured, its commit time (ISO 8601),
+#: whether the tree had uncommitted changes, and the branch.
+COMMIT_KEYS = ("id", "time", "dirty", "branch")
+#: pytest-benchmark's stand-ins for a commit it could not name (no git, or git failed).
+UNNAMED_COMMITS = ("unversioned", "unknown", "")
 
 RUN_HINT = "pass the JSON written by `pytest benchmarks --benchmark-autosave` (under .benchmarks/) or --benchmark-json"
 
@@ -105,6 +111,20 @@ class Timing:
 
     def describe(self) -> str:
         return self.mode + (" + L2 flushed" if self.flush_l2 else "")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The commit a run measured, from pytest-benchmark's ``commit_info``."""
+
+    id: str
+    time: datetime  # the commit's time (git's %cI), with its UTC offset
+    dirty: bool = False  # the tree had uncommitted changes: the commit does not say what was measured
+    branch: str | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:10]
 
 
 @dataclass(frozen=True)
@@ -229,6 +249,30 @@ class Run:
         return list(self.machine.get("flags") or [])
 
     @property
+    def source_commit(self) -> Commit | None:
+        """The commit measured, with its time; None when pytest-benchmark could not name it or its time."""
+        commit_id, when = self.commit.get("id"), self.commit.get("time")
+        if not isinstance(commit_id, str) or commit_id in UNNAMED_COMMITS or not isinstance(when, str):
+            return None
+        try:
+            time = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if time.tzinfo is None:
+            return None  # a naive time cannot be ordered against others
+        branch = self.commit.get("branch")
+        return Commit(commit_id, time, bool(self.commit.get("dirty")), branch if isinstance(branch, str) else None)
+
+    @property
+    def environment(self) -> tuple[tuple[str, str], ...]:
+        """What must match for two runs' figures to lie on one line: the device measured (the GPU's name, or
+        the CPU's brand), the driver's major version, CUDA, torch, triton and the timing mode, as (name, value)."""
+        driver = str(self.env.get("driver") or "").split(".")[0]
+        return (("device", self.device_label), ("driver", driver or "–"), ("cuda", str(self.env.get("cuda") or "–")),
+                ("torch", str(self.env.get("torch") or "–")), ("triton", str(self.env.get("triton") or "–")),
+                ("timing", self.timing.describe()))
+
+    @property
     def label(self) -> str:
         """File, date and commit, for headers."""
         parts = [self.datetime[:19]] if self.datetime else []
@@ -333,14 +377,6 @@ def machine_section(env: dict, *, gpu_uuid: str | None = None, cuda_visible_devi
     return section
 
 
-def benchmark_entry(cell: Cell, pass_name: str, stats: dict, extra_info: dict) -> dict:
-    """One benchmark as pytest-benchmark writes it, for a command that measures outside pytest (attnbench cp):
-    ``stats`` as ``pytest_benchmark.stats.Stats.as_dict()`` gives them, ``extra_info`` from pass_extra_info."""
-    name = f"{pass_name}[{cell.key}]"
-    return {"group": cell.group, "name": name, "fullname": f"attnbench cp::{name}", "params": cell.params(),
-            "param": cell.key, "extra_info": extra_info, "options": {}, "stats": stats}
-
-
 def command_run(*, machine_info: dict, commit_info: dict, benchmarks: list[dict], section: dict, version: str,
                 datetime: str) -> dict:
     """A whole run written by an attnbench command instead of pytest-benchmark, in the same shape: pytest-benchmark's
@@ -379,6 +415,40 @@ def merged_run(parts: list[Run], *, cells: list[CellRecord], complete: bool, sto
     data["attnbench"] = run_section(preset=first.preset, timing=first.timing, plants=first.plants, complete=complete,
                                     stop_reason=stop_reason, cells=cells)
     return data
+
+
+def commit_info(commit: Commit) -> dict:
+    """pytest-benchmark's ``commit_info`` for ``commit`` (what it saves from git)."""
+    return {"id": commit.id, "time": commit.time.isoformat(), "dirty": commit.dirty, "branch": commit.branch}
+
+
+def benchmark_entry(cell: Cell, result: PassResult) -> dict:
+    """One entry of ``benchmarks``, as pytest-benchmark saves a benchmark of this suite."""
+    return {"group": cell.group, "name": result.short_name, "fullname": result.name, "params": cell.params(),
+            "param": cell.key, "extra_info": pass_extra_info(result.pass_name, result.flops, **result.checks),
+            "options": result.options, "stats": result.stats}
+
+
+def run_data(cells: list[CellRecord], *, env: dict, commit: Commit | None, datetime_text: str = "",
+             preset: str = "seed", timing: Timing = Timing(), plants: dict | None = None, complete: bool = True,
+             stop_reason: str = "", cpu_brand: str = "unknown", node: str | None = None) -> dict:
+    """A whole run, shaped as pytest-benchmark saves it with this suite's facts: for tools that make runs
+    without measuring them (examples, and the tests of the tools that read runs); :func:`parse` reads it."""
+    return {
+        "machine_info": {"node": node, "cpu": {"brand_raw": cpu_brand}, "attnbench": machine_section(env)},
+        "commit_info": commit_info(commit) if commit is not None else {"id": "unversioned", "time": None},
+        "benchmarks": [benchmark_entry(rec.cell, result) for rec in cells for result in rec.passes.values()],
+        "datetime": datetime_text,
+        "version": _pytest_benchmark_version(),
+        "attnbench": run_section(preset=preset, timing=timing, plants=plants or {}, complete=complete,
+                                 stop_reason=stop_reason, cells=cells),
+    }
+
+
+def _pytest_benchmark_version() -> str:
+    from importlib.metadata import version
+
+    return version("pytest-benchmark")
 
 
 def write_json_atomically(path: Path, data: dict, *, exclusive: bool = False) -> None:
@@ -487,6 +557,9 @@ class _Reader:
     # -- small checks
 
     def number(self, entry: str, name: str, value, *, integer: bool = False, positive: bool = False) -> float:
+        kind = type(value)
+        if (kind is float and not integer or kind is int) and (0 < value < math.inf or value == 0 and not positive):
+            return value  # the common case, checked in one step (a run holds hundreds of thousands of numbers)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(entry, f"{name} is {value!r}, not a number")
         if not math.isfinite(value):
