@@ -219,6 +219,10 @@ class CellRunner:
 
     def _graphed_targets(self, pass_name: str):
         """The pass replayed from CUDA graphs captured once; RuntimeError when capture fails."""
+        # The graphs of the pass measured before this one are garbage only once the collector has run (the
+        # autograd.Function class that make_graphed_callables builds sits in a reference cycle): until then their
+        # private memory pools stay reserved, and capturing near a full allocator fails or runs out of memory.
+        release_memory()
         q, k, v, grad_out = self.inputs()
         graphed = torch.cuda.make_graphed_callables(self.attention, (q, k, v))
         if pass_name == "forward":

@@ -277,3 +277,25 @@ def test_a_failed_capture_does_not_poison_the_cells_after_it():
     out = target()
     torch.cuda.synchronize()
     assert torch.isfinite(out).all(), "the cell after a failed capture replays its graph"
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cudagraph_passes_give_their_graph_memory_back():
+    """Cell after cell in cudagraph mode, the memory in use returns to where it was: no graph pool is kept."""
+    from attnbench.grid import Cell
+    from attnbench.record import Timing
+    from attnbench.runner import CellRunner, release_memory
+
+    release_memory()
+    baseline = torch.cuda.memory_allocated()
+    for seq_len in (1024, 2048, 4096):
+        cell = Cell(variant="tiled", seq_len=seq_len, head_dim=64, batch=4, heads=2, dtype="fp32", causal=False,
+                    device="cuda")
+        runner = CellRunner(cell, max_time_s=0.01, min_rounds=1, timing=Timing("cudagraph", False))
+        target, _ = runner.targets("forward")
+        target()
+        del target, runner
+    release_memory()
+    left = torch.cuda.memory_allocated() - baseline
+    assert left == 0, f"{left / 2**20:.1f} MiB still held after three graphed cells were dropped"
