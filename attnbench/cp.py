@@ -434,12 +434,20 @@ TABLE_HEADERS = ("seq_len", "mask", "block", "fwd ms", "bwd ms", "mem/GPU GiB", 
                  "comm hidden fwd / bwd", "efficiency fwd / bwd", "context_parallel fwd / bwd ms")
 
 
-def measure(args, device: torch.device) -> tuple[list[tuple[Cell, dict]], dict]:
+def measure(args, device: torch.device, progress: Callable[[list, dict], None] | None = None
+            ) -> tuple[list[tuple[Cell, dict]], dict]:
     """Every cell of the grid, on every rank; rank 0 prints progress. Returns (cell, result) and the
-    single-GPU results by (seq_len, causal) (meaningful on rank 0)."""
+    single-GPU results by (seq_len, causal) (meaningful on rank 0). ``progress(cells, single)`` is called
+    on rank 0 after every cell, so a run stopped half-way keeps what it measured."""
     runner = _CellRun(args, device)
     say = print if runner.rank == 0 else (lambda *a, **k: None)
     cells, single = [], {}
+
+    def measured(line: str) -> None:
+        say(line, flush=True)
+        if progress is not None and runner.rank == 0:
+            progress(cells, single)
+
     for seq_len in args.seq_lens:
         for causal in args.causal:
             mask = "causal" if causal else "full"
@@ -447,18 +455,18 @@ def measure(args, device: torch.device) -> tuple[list[tuple[Cell, dict]], dict]:
                 cell = runner.cell(ring_variant(block), seq_len, causal)
                 result = runner._guarded(functools.partial(runner.ring, block, seq_len, causal), collective=True)
                 cells.append((cell, result))
-                say(f"[cp] seq_len {seq_len} {mask} ring {block}: {_progress(result)}", flush=True)
+                measured(f"[cp] seq_len {seq_len} {mask} ring {block}: {_progress(result)}")
             if args.single:
                 result = runner.single(seq_len, causal)
                 if result is not None:
                     single[(seq_len, causal)] = result
                     variant = SINGLE_VARIANTS[device.type]
                     cells.append((runner.cell(variant, seq_len, causal), result))
-                    say(f"[cp] seq_len {seq_len} {mask} one device {variant}: {_progress(result)}", flush=True)
+                    measured(f"[cp] seq_len {seq_len} {mask} one device {variant}: {_progress(result)}")
             if args.context_parallel:
                 result = runner.context_parallel(seq_len, causal)
                 cells.append((runner.cell(CP_VARIANT, seq_len, causal), result))
-                say(f"[cp] seq_len {seq_len} {mask} {CP_VARIANT}: {_progress(result)}", flush=True)
+                measured(f"[cp] seq_len {seq_len} {mask} {CP_VARIANT}: {_progress(result)}")
     return cells, single
 
 
@@ -469,15 +477,21 @@ def _progress(result: dict) -> str:
     return f"fwd {render.ms(passes['forward']['median'])} ms, bwd {render.ms(passes['backward']['median'])} ms"
 
 
-def save(args, device: torch.device, cells, single, world_size: int) -> Path:
-    """Rank 0: the run through attnbench.record, to -o or the next numbered file under the storage."""
+def planned_cells(args) -> int:
+    """How many cells the grid has: ring blocks, the single-GPU run and context_parallel per (seq_len, causal)."""
+    per_point = len(args.blocks) + bool(args.single) + bool(args.context_parallel)
+    return len(args.seq_lens) * len(args.causal) * per_point
+
+
+def run_data(args, device: torch.device, cells, single, world_size: int, *, complete: bool,
+             stop_reason: str = "") -> dict:
+    """The run as attnbench.record writes it, from the cells measured so far."""
     import pytest_benchmark
     from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info
-    from pytest_benchmark.utils import get_commit_info, get_machine_id
+    from pytest_benchmark.utils import get_commit_info
 
     from .machine import environment, gpu_identity
-    from .record import Timing, command_run, machine_section, run_section, write_json_atomically
-    from .storage import save_numbered
+    from .record import Timing, command_run, machine_section, run_section
 
     records, benchmarks = _records(cells, world_size, single)
     uuid, visible = gpu_identity(device.type)
@@ -485,17 +499,55 @@ def save(args, device: torch.device, cells, single, world_size: int) -> Path:
                     "attnbench": machine_section(environment(device.type), gpu_uuid=uuid,
                                                  cuda_visible_devices=visible)}
     section = run_section(preset=PRESET, timing=Timing("device" if device.type == "cuda" else "wall"), plants={},
-                          complete=True, stop_reason="", cells=records, world_size=world_size)
-    data = command_run(machine_info=machine_info, commit_info=get_commit_info(), benchmarks=benchmarks,
+                          complete=complete, stop_reason=stop_reason, cells=records, world_size=world_size)
+    return command_run(machine_info=machine_info, commit_info=get_commit_info(), benchmarks=benchmarks,
                        section=section, version=pytest_benchmark.__version__,
                        datetime=datetime.datetime.now(datetime.timezone.utc).isoformat())
-    print(render.table(TABLE_HEADERS, _table_rows(cells, benchmarks)))
-    if args.output is not None:
-        write_json_atomically(args.output, data)
-        return args.output
-    commit = (get_commit_info().get("id") or "nocommit")[:8]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
-    return save_numbered(Path(args.storage) / get_machine_id(), f"cp_{commit}_{stamp}", data, complete=True)
+
+
+class RunWriter:
+    """Rank 0's saved run: rewritten after every cell as an incomplete run (``-o`` itself, or
+    ``incomplete_cp_<commit>_<time>.json`` in the storage), then written complete at the end (``-o``, or the
+    next numbered file, the incomplete one removed)."""
+
+    def __init__(self, args, device: torch.device, world_size: int):
+        from pytest_benchmark.utils import get_commit_info, get_machine_id
+
+        from .storage import INCOMPLETE_PREFIX
+
+        self.args, self.device, self.world_size = args, device, world_size
+        commit = (get_commit_info().get("id") or "nocommit")[:8]
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
+        self.name = f"cp_{commit}_{stamp}"
+        self.directory = Path(args.storage) / get_machine_id()
+        self.partial = args.output or self.directory / f"{INCOMPLETE_PREFIX}{self.name}.json"
+        self.total = planned_cells(args)
+
+    def progress(self, cells, single) -> None:
+        """Rewrite the incomplete run; a failed write is reported and the grid goes on (the end says again)."""
+        from .record import write_json_atomically
+
+        stop_reason = f"stopped after {len(cells)} of {self.total} cells"
+        data = run_data(self.args, self.device, cells, single, self.world_size, complete=False,
+                        stop_reason=stop_reason)
+        try:
+            Path(self.partial).parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomically(Path(self.partial), data)
+        except OSError as exc:
+            print(f"attnbench cp: cannot write the run so far to {self.partial}: {exc}", file=sys.stderr)
+
+    def finish(self, cells, single) -> Path:
+        from .record import write_json_atomically
+        from .storage import save_numbered
+
+        data = run_data(self.args, self.device, cells, single, self.world_size, complete=True)
+        print(render.table(TABLE_HEADERS, _table_rows(cells, data["benchmarks"])))
+        if self.args.output is not None:
+            write_json_atomically(self.args.output, data)
+            return self.args.output
+        path = save_numbered(self.directory, self.name, data, complete=True)
+        Path(self.partial).unlink(missing_ok=True)
+        return path
 
 
 # -- the command line
@@ -587,19 +639,20 @@ def run(args) -> int:
     else:
         device = torch.device("cpu")
         dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+    status = EXIT_OK
     try:
-        cells, single = measure(args, device)
-        if dist.get_rank() == 0:
+        writer = RunWriter(args, device, dist.get_world_size()) if dist.get_rank() == 0 else None
+        cells, single = measure(args, device, progress=writer.progress if writer else None)
+        if writer is not None:
             try:
-                path = save(args, device, cells, single, dist.get_world_size())
+                print(f"[cp] saved {writer.finish(cells, single)}")
             except OSError as exc:
                 print(f"attnbench cp: cannot write the run: {exc}", file=sys.stderr)
-                return EXIT_OUTPUT_ERROR
-            print(f"[cp] saved {path}")
+                status = EXIT_OUTPUT_ERROR
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    return EXIT_OK
+    return status
 
 
 def _start_torchrun(nproc: int, argv: list[str]) -> int:

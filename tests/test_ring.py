@@ -283,3 +283,18 @@ def test_cp_command_on_two_gpus(tmp_path):
     run = load(run_path)
     rings = {key: rec.status for key, rec in run.cells.items() if key.startswith("ring_")}
     assert set(rings.values()) == {"ok"}, rings
+
+
+def test_cp_keeps_what_it_measured_when_stopped(tmp_path):
+    """After every cell rank 0 rewrites the run as incomplete, naming how far it got: a stopped run loses
+    nothing it measured."""
+    from attnbench.cli import build_parser
+    from attnbench.cp import RunWriter
+    from attnbench.record import load
+
+    run_path = tmp_path / "run.json"
+    args = build_parser().parse_args(["cp", "--device", "cpu", "--seq-lens", "37,64", "--blocks", "sdpa_flash",
+                                      "-o", str(run_path)])
+    RunWriter(args, torch.device("cpu"), world_size=2).progress([], {})
+    run = load(run_path)
+    assert not run.complete and run.stop_reason == "stopped after 0 of 12 cells", (run.complete, run.stop_reason)
