@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import lse_row_bytes, register, softmax_scale
+from .masks import Document, MaskSpec, SlidingWindow, validate_mask
+from .registry import Variant, lse_row_bytes, register, softmax_scale
 
 try:
     import triton
@@ -52,6 +53,10 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: uint16 bit patterns it keeps them in (numpy has no bfloat16): a 16x16 bf16 product comes out ~1e10
 #: off, and triton_flash ~8e8 (gradients ~1e9) at every shape (Triton 3.9). fp16 and fp32 are right.
 INTERPRETER_DTYPES = (torch.float16, torch.float32)
+#: the mask specs (``attention_impls.masks`` kinds) the kernels run; prefix_lm is not among them
+SUPPORTED_MASKS = frozenset({"sliding_window", "document"})
+#: MASK_KIND, the kernels' constexpr, per mask kind ("none": causal or nothing)
+_MASK_KINDS = {"none": 0, "sliding_window": 1, "document": 2}
 #: largest head_dim the kernels take; smaller ones (any value) are padded to a power of two >= 16.
 MAX_HEAD_DIM = 256
 #: rows per program of the backward preprocess (delta = rowsum(dO * O)); memory-bound, not tuned.
@@ -80,9 +85,15 @@ _INTERPRET = triton is not None and _interpreting()
 
 
 if triton is not None:
-    # lengths and head counts are not specialised on (== 1, divisible by 16): one compiled kernel
-    # serves every shape, so odd lengths cost no extra compiles; they only index scalars and masks
-    _SEQ_JIT = triton.jit(do_not_specialize=["num_heads", "seq_q", "seq_k", "seq_bucket"])
+    # lengths, head counts, the GQA group and the window are not specialised on (== 1, divisible by 16):
+    # one compiled kernel serves every shape, so odd lengths cost no extra compiles; they only index
+    # scalars and masks
+    _SEQ_JIT = triton.jit(do_not_specialize=["num_heads", "group", "seq_q", "seq_k", "seq_bucket", "window"])
+
+    # MASK_KIND: what, besides CAUSAL, decides which keys a query sees (host names in _MASK_KINDS)
+    _NO_MASK = tl.constexpr(0)
+    _WINDOW_MASK = tl.constexpr(1)  # |i - j| < window
+    _DOCUMENT_MASK = tl.constexpr(2)  # same document: doc_start[i] <= j < doc_end[i]
 
     @triton.jit
     def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -108,15 +119,80 @@ if triton is not None:
             tl.store(ptrs, tile, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
 
     # ------------------------------------------------------------------------------------------
+    # masks: which blocks to visit, which of them to mask
+    # ------------------------------------------------------------------------------------------
+
+    @triton.jit
+    def _visible_span(first, last, seq_other, window, DocStart, DocEnd,
+                      CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, OF_QUERIES: tl.constexpr):
+        """Positions [first, last] of one axis (queries when OF_QUERIES, else keys) against the other
+        axis: [lo, hi) holds every position that some of them pair with, [all_lo, all_hi) those that
+        all of them pair with. Both are contiguous for every mask here (each position sees an interval
+        whose ends never decrease along the axis), so they are exact: every position of [lo, hi) is
+        seen by one of [first, last]. Clamped to [0, seq_other]; [all_lo, all_hi) may be empty."""
+        lo = first * 0
+        hi = lo + seq_other
+        all_lo = lo
+        all_hi = hi
+        if MASK_KIND == _WINDOW_MASK:  # i sees j when |i - j| < window: symmetric
+            lo = first - window + 1
+            hi = last + window
+            all_lo = last - window + 1
+            all_hi = first + window
+        if MASK_KIND == _DOCUMENT_MASK:  # i sees j when both lie in one document: symmetric
+            lo = tl.load(DocStart + first)
+            hi = tl.load(DocEnd + last)
+            all_lo = tl.load(DocStart + last)
+            all_hi = tl.load(DocEnd + first)
+        if CAUSAL:  # i sees j only when j <= i
+            if OF_QUERIES:
+                hi = tl.minimum(hi, last + 1)
+                all_hi = tl.minimum(all_hi, first + 1)
+            else:
+                lo = tl.maximum(lo, first)
+                all_lo = tl.maximum(all_lo, last)
+        # clamp before any division: Triton's integer // truncates toward zero, the interpreter's floors
+        lo = tl.minimum(tl.maximum(lo, 0), seq_other)
+        hi = tl.minimum(tl.maximum(hi, 0), seq_other)
+        all_lo = tl.minimum(tl.maximum(all_lo, 0), seq_other)
+        all_hi = tl.minimum(tl.maximum(all_hi, 0), seq_other)
+        return lo, hi, all_lo, all_hi
+
+    @triton.jit
+    def _block_stages(lo, hi, all_lo, all_hi, BLOCK: tl.constexpr):
+        """Cut the streamed axis into blocks of BLOCK: [start, full_lo) and [full_hi, hi) run masked,
+        [full_lo, full_hi) (whole blocks inside [all_lo, all_hi), hence inside the sequence) unmasked.
+        Blocks before start and from hi on hold nothing visible and are never loaded."""
+        start = (lo // BLOCK) * BLOCK
+        end = tl.maximum(((hi + BLOCK - 1) // BLOCK) * BLOCK, start)
+        full_lo = tl.minimum(tl.maximum(((all_lo + BLOCK - 1) // BLOCK) * BLOCK, start), end)
+        full_hi = tl.minimum(tl.maximum((all_hi // BLOCK) * BLOCK, full_lo), end)
+        return start, full_lo, full_hi
+
+    @triton.jit
+    def _restrict(keep, q_idx, k_idx, streamed_idx, window, doc_lo, doc_hi,
+                  CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr):
+        """keep & (query q_idx sees key k_idx), broadcast. A document is checked on the streamed index
+        against [doc_lo, doc_hi), the document bounds of the resident one (the relation is symmetric)."""
+        if CAUSAL:
+            keep = keep & (k_idx <= q_idx)
+        if MASK_KIND == _WINDOW_MASK:
+            keep = keep & (q_idx - k_idx < window) & (k_idx - q_idx < window)
+        if MASK_KIND == _DOCUMENT_MASK:
+            keep = keep & (streamed_idx >= doc_lo) & (streamed_idx < doc_hi)
+        return keep
+
+    # ------------------------------------------------------------------------------------------
     # forward
     # ------------------------------------------------------------------------------------------
 
     @triton.jit
     def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                        offs_m, offs_n, offs_d, seq_k, qk_scale, lo, hi,
+                        offs_m, offs_n, offs_d, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
                         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                        CAUSAL: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-        """Stream key/value blocks [lo, hi) past one query tile; MASKED applies bounds and causal masks."""
+                        CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
+                        INPUT_PRECISION: tl.constexpr):
+        """Stream key/value blocks [lo, hi) past one query tile; MASKED applies bounds and the masks."""
         for start_n in range(lo, hi, BLOCK_N):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             cols = start_n + offs_n
@@ -124,16 +200,21 @@ if triton is not None:
             # -- scores, in log2 units: qk_scale = sm_scale / ln(2)
             qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
             if MASKED:
-                keep = cols[None, :] < seq_k
-                if CAUSAL:
-                    keep = keep & (cols[None, :] <= offs_m[:, None])
-                # -inf is safe: the first block a row sees holds key 0, which every row sees, so
-                # m_i is finite before any row meets a block that is all masked for it
+                keep = _restrict(cols[None, :] < seq_k, offs_m[:, None], cols[None, :], cols[None, :],
+                                 window, doc_lo[:, None], doc_hi[:, None], CAUSAL, MASK_KIND)
                 qk = tl.where(keep, qk, float("-inf"))
             # -- update m_i and l_i
             m_ij = tl.maximum(m_i, tl.max(qk, 1))
-            p = tl.math.exp2(qk - m_ij[:, None])
-            alpha = tl.math.exp2(m_i - m_ij)
+            if MASKED and MASK_KIND != _NO_MASK:
+                # a row may meet blocks it sees nothing of before its first visible key (a tile spanning
+                # two documents, a window's left edge): subtract 0, not -inf, while its max is -inf
+                m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+            else:
+                # without a mask spec -inf is safe: the first block a row sees holds key 0, which every
+                # row sees, so m_i is finite before any row meets a block that is all masked for it
+                m_sub = m_ij
+            p = tl.math.exp2(qk - m_sub[:, None])
+            alpha = tl.math.exp2(m_i - m_sub)
             l_i = l_i * alpha + tl.sum(p, 1)
             # -- rescale the accumulator and add this block's p @ v
             v = _load_tile(v_ptrs + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
@@ -143,59 +224,73 @@ if triton is not None:
         return acc, l_i, m_i
 
     @_SEQ_JIT
-    def _attn_fwd(Q, K, V, Out, LSE, sm_scale,
+    def _attn_fwd(Q, K, V, Out, LSE, DocStart, DocEnd, sm_scale,
                   stride_qz, stride_qh, stride_qm, stride_qd,
                   stride_kz, stride_kh, stride_kn, stride_kd,
                   stride_vz, stride_vh, stride_vn, stride_vd,
                   stride_oz, stride_oh, stride_om, stride_od,
-                  num_heads, seq_q, seq_k, seq_bucket,
+                  num_heads, group, seq_q, seq_k, seq_bucket, window,
                   HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                  INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
         if CAUSAL:  # the last query tiles see the most keys: launch them first to shorten the tail
             pid_m = tl.num_programs(0) - 1 - pid_m
         off_bh = tl.program_id(1)
         off_z = (off_bh // num_heads).to(tl.int64)
         off_h = (off_bh % num_heads).to(tl.int64)
+        off_hk = off_h // group  # GQA: `group` query heads share one k/v head
 
         start_m = pid_m * BLOCK_M
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM_PAD)
         q_ptrs = Q + off_z * stride_qz + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        k_ptrs = K + off_z * stride_kz + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        v_ptrs = V + off_z * stride_vz + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        k_ptrs = K + off_z * stride_kz + off_hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = V + off_z * stride_vz + off_hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
         qk_scale = sm_scale * 1.44269504  # 1/ln(2): exp(x) = exp2(x / ln(2))
         q = _load_tile(q_ptrs, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
-
-        # key blocks [0, full_hi) are seen whole by every query of the tile and lie inside seq_k;
-        # [full_hi, hi) holds the diagonal (causal) and the ragged last block; keys >= hi are
-        # masked for every query of the tile (causal) and are skipped
-        if CAUSAL:
-            diag_lo = (start_m // BLOCK_N) * BLOCK_N
-            hi = tl.minimum(start_m + BLOCK_M, seq_k)
+        if MASK_KIND == _DOCUMENT_MASK:  # each row's document, as the keys [doc_lo, doc_hi) it sees
+            doc_lo = tl.load(DocStart + offs_m, mask=offs_m < seq_q, other=0)
+            doc_hi = tl.load(DocEnd + offs_m, mask=offs_m < seq_q, other=0)
         else:
-            diag_lo = seq_k
-            hi = seq_k
-        full_hi = tl.minimum(diag_lo, (seq_k // BLOCK_N) * BLOCK_N)
-        # -- stage 1: whole blocks, no masks
+            doc_lo = offs_m
+            doc_hi = offs_m
+
+        # -- which key blocks to visit: [lo, hi) holds every key some row of the tile sees (blocks
+        # outside it are skipped); the whole blocks in [all_lo, all_hi), which every row sees, run
+        # without masks; the partial ones on either side run masked
+        last_m = tl.minimum(start_m + BLOCK_M, seq_q) - 1
+        lo, hi, all_lo, all_hi = _visible_span(start_m, last_m, seq_k, window, DocStart, DocEnd,
+                                               CAUSAL, MASK_KIND, True)
+        start_n, full_lo, full_hi = _block_stages(lo, hi, all_lo, all_hi, BLOCK_N)
+        # -- stage 1: partial blocks left of the whole ones (a window's or a document's left edge), masked
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                                        offs_m, offs_n, offs_d, seq_k, qk_scale, 0, full_hi,
-                                        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, INPUT_PRECISION)
-        # -- stage 2: diagonal and ragged blocks, masked
+                                        offs_m, offs_n, offs_d, seq_k, qk_scale, start_n, full_lo,
+                                        window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
+                                        CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+        # -- stage 2: whole blocks, no masks
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                        offs_m, offs_n, offs_d, seq_k, qk_scale, full_lo, full_hi,
+                                        window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
+                                        CAUSAL, MASK_KIND, False, INPUT_PRECISION)
+        # -- stage 3: diagonal, right-edge and ragged blocks, masked
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                         offs_m, offs_n, offs_d, seq_k, qk_scale, full_hi, hi,
-                                        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, INPUT_PRECISION)
+                                        window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
+                                        CAUSAL, MASK_KIND, True, INPUT_PRECISION)
 
         # -- epilogue: normalise, store O and the log-sum-exp in log2 units, the units the backward
         # subtracts it in. Storing it in natural log (x ln 2 here, x 1/ln 2 there) cost two more fp32
         # roundings at the LSE's magnitude (an ulp is 4e-6 at |lse2| 32..64): an error shared by every
         # P of the row, which dS = P * (dP - delta) does not cancel, so dK took it in proportion to its
         # own size; measured 4.6x the plain fp32 dK error where it is 1.6x now (docs/triton_flash.md)
+        if MASK_KIND != _NO_MASK:  # rows past seq_q may see no key at all: keep them finite (never stored)
+            l_i = tl.where(l_i == 0.0, 1.0, l_i)
         acc = acc / l_i[:, None]
         lse2 = m_i + tl.math.log2(l_i)
         tl.store(LSE + off_bh.to(tl.int64) * seq_q + offs_m, lse2, mask=offs_m < seq_q)
@@ -227,9 +322,10 @@ if triton is not None:
 
     @triton.jit
     def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
-                             offs_n, offs_d, seq_q, seq_k, qk_scale, lo, hi,
+                             offs_n, offs_d, seq_q, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
                              HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M1: tl.constexpr,
-                             CAUSAL: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                             CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
+                             INPUT_PRECISION: tl.constexpr):
         """Add the contributions of query blocks [lo, hi) to one key block's dK and dV (transposed tiles)."""
         offs_m0 = tl.arange(0, BLOCK_M1)
         for start_m in range(lo, hi, BLOCK_M1):
@@ -249,8 +345,10 @@ if triton is not None:
             qkT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)
             pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
             if MASKED:
-                if CAUSAL:
-                    pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+                if CAUSAL or MASK_KIND != _NO_MASK:
+                    keep = _restrict(offs_m[None, :] < seq_q, offs_m[None, :], offs_n[:, None], offs_m[None, :],
+                                     window, doc_lo[:, None], doc_hi[:, None], CAUSAL, MASK_KIND)
+                    pT = tl.where(keep, pT, 0.0)
             # -- dV += P^T dO
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
             # -- dS^T = P^T * (dP^T - delta); dK += dS^T Q (sm_scale applied once, at the end)
@@ -260,69 +358,89 @@ if triton is not None:
         return dk, dv
 
     @_SEQ_JIT
-    def _attn_bwd_dkdv(Q, K, V, DO, LSE, Delta, DK, DV, sm_scale,
+    def _attn_bwd_dkdv(Q, K, V, DO, LSE, Delta, DK, DV, DocStart, DocEnd, sm_scale,
                        stride_qz, stride_qh, stride_qm, stride_qd,
                        stride_kz, stride_kh, stride_kn, stride_kd,
                        stride_vz, stride_vh, stride_vn, stride_vd,
                        stride_doz, stride_doh, stride_dom, stride_dod,
                        stride_dkz, stride_dkh, stride_dkn, stride_dkd,
                        stride_dvz, stride_dvh, stride_dvn, stride_dvd,
-                       num_heads, seq_q, seq_k, seq_bucket,
+                       num_heads, group, seq_q, seq_k, seq_bucket, window,
                        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                       INPUT_PRECISION: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr):
-        off_bh = tl.program_id(1)
-        off_z = (off_bh // num_heads).to(tl.int64)
-        off_h = (off_bh % num_heads).to(tl.int64)
+                       MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                       BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr):
+        # one program per key block of one k/v head: it owns that block's dK and dV, summed over the
+        # `group` query heads that share the k/v head (GQA), so no atomics and no reduction afterwards
+        num_heads_kv = num_heads // group
+        off_bhk = tl.program_id(1)
+        off_z = (off_bhk // num_heads_kv).to(tl.int64)
+        off_hk = (off_bhk % num_heads_kv).to(tl.int64)
         start_n = tl.program_id(0) * BLOCK_N1
         offs_n = start_n + tl.arange(0, BLOCK_N1)
         offs_m0 = tl.arange(0, BLOCK_M1)
         offs_d = tl.arange(0, HEAD_DIM_PAD)
 
-        k = _load_tile(K + off_z * stride_kz + off_h * stride_kh + offs_n[:, None] * stride_kn
+        k = _load_tile(K + off_z * stride_kz + off_hk * stride_kh + offs_n[:, None] * stride_kn
                        + offs_d[None, :] * stride_kd, offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
-        v = _load_tile(V + off_z * stride_vz + off_h * stride_vh + offs_n[:, None] * stride_vn
+        v = _load_tile(V + off_z * stride_vz + off_hk * stride_vh + offs_n[:, None] * stride_vn
                        + offs_d[None, :] * stride_vd, offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
-        q_ptrs = Q + off_z * stride_qz + off_h * stride_qh + offs_m0[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        do_ptrs = (DO + off_z * stride_doz + off_h * stride_doh + offs_m0[:, None] * stride_dom
-                   + offs_d[None, :] * stride_dod)
-        LSE += off_bh.to(tl.int64) * seq_q
-        Delta += off_bh.to(tl.int64) * seq_q
+        if MASK_KIND == _DOCUMENT_MASK:  # each key's document, as the queries [doc_lo, doc_hi) that see it
+            doc_lo = tl.load(DocStart + offs_n, mask=offs_n < seq_k, other=0)
+            doc_hi = tl.load(DocEnd + offs_n, mask=offs_n < seq_k, other=0)
+        else:
+            doc_lo = offs_n
+            doc_hi = offs_n
         qk_scale = sm_scale * 1.44269504  # 1/ln(2)
+
+        # -- which query blocks to visit: [lo, hi) holds every query that sees some key of the block;
+        # whole query blocks in [all_lo, all_hi) see every key of it and run without masks. Causal:
+        # queries before start_n see none of the block; the diagonal blocks are partial
+        last_n = tl.minimum(start_n + BLOCK_N1, seq_k) - 1
+        lo, hi, all_lo, all_hi = _visible_span(start_n, last_n, seq_q, window, DocStart, DocEnd,
+                                               CAUSAL, MASK_KIND, False)
+        start_m, full_lo, full_hi = _block_stages(lo, hi, all_lo, all_hi, BLOCK_M1)
 
         dk = tl.zeros([BLOCK_N1, HEAD_DIM_PAD], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N1, HEAD_DIM_PAD], dtype=tl.float32)
-        if CAUSAL:
-            # queries before start_n see none of this block: start at the diagonal, masked
-            m_lo = start_n + tl.cdiv(BLOCK_N1, BLOCK_M1) * BLOCK_M1
-            # -- stage 1: diagonal blocks, causal mask
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
-                                          offs_n, offs_d, seq_q, seq_k, qk_scale, start_n, tl.minimum(m_lo, seq_q),
-                                          HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1, CAUSAL, True, INPUT_PRECISION)
-        else:
-            m_lo = 0
-        full_hi = m_lo + (tl.maximum(seq_q - m_lo, 0) // BLOCK_M1) * BLOCK_M1
-        # -- stage 2: query blocks that see the whole key block, no masks
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
-                                      offs_n, offs_d, seq_q, seq_k, qk_scale, m_lo, full_hi,
-                                      HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1, CAUSAL, False, INPUT_PRECISION)
-        # -- stage 3: the ragged last query block, bounds-masked
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
-                                      offs_n, offs_d, seq_q, seq_k, qk_scale, full_hi, seq_q,
-                                      HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1, CAUSAL, True, INPUT_PRECISION)
+        for g in range(0, group):  # -- the query heads of this k/v head, one after another
+            off_h = off_hk * group + g
+            q_ptrs = (Q + off_z * stride_qz + off_h * stride_qh + offs_m0[:, None] * stride_qm
+                      + offs_d[None, :] * stride_qd)
+            do_ptrs = (DO + off_z * stride_doz + off_h * stride_doh + offs_m0[:, None] * stride_dom
+                       + offs_d[None, :] * stride_dod)
+            lse_ptr = LSE + (off_z * num_heads + off_h) * seq_q
+            delta_ptr = Delta + (off_z * num_heads + off_h) * seq_q
+            # -- stage 1: partial query blocks before the whole ones (causal diagonal, window and
+            # document edges), masked
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, lse_ptr, delta_ptr,
+                                          offs_n, offs_d, seq_q, seq_k, qk_scale, start_m, full_lo,
+                                          window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
+                                          CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+            # -- stage 2: query blocks that see the whole key block, no masks
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, lse_ptr, delta_ptr,
+                                          offs_n, offs_d, seq_q, seq_k, qk_scale, full_lo, full_hi,
+                                          window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
+                                          CAUSAL, MASK_KIND, False, INPUT_PRECISION)
+            # -- stage 3: partial blocks after them and the ragged last query block, masked
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, lse_ptr, delta_ptr,
+                                          offs_n, offs_d, seq_q, seq_k, qk_scale, full_hi, hi,
+                                          window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
+                                          CAUSAL, MASK_KIND, True, INPUT_PRECISION)
 
         dk *= sm_scale  # dS is the gradient of the scaled scores: dK = sm_scale * dS^T Q
-        dk_ptrs = (DK + off_z * stride_dkz + off_h * stride_dkh + offs_n[:, None] * stride_dkn
+        dk_ptrs = (DK + off_z * stride_dkz + off_hk * stride_dkh + offs_n[:, None] * stride_dkn
                    + offs_d[None, :] * stride_dkd)
-        dv_ptrs = (DV + off_z * stride_dvz + off_h * stride_dvh + offs_n[:, None] * stride_dvn
+        dv_ptrs = (DV + off_z * stride_dvz + off_hk * stride_dvh + offs_n[:, None] * stride_dvn
                    + offs_d[None, :] * stride_dvd)
         _store_tile(dk_ptrs, dk.to(DK.dtype.element_ty), offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD)
         _store_tile(dv_ptrs, dv.to(DV.dtype.element_ty), offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD)
 
     @triton.jit
     def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                           offs_m, offs_n0, offs_d, seq_k, qk_scale, lo, hi,
+                           offs_m, offs_n0, offs_d, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
                            HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_N2: tl.constexpr,
-                           CAUSAL: tl.constexpr, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                           CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
+                           INPUT_PRECISION: tl.constexpr):
         """Add the contributions of key blocks [lo, hi) to one query block's dQ."""
         for start_n in range(lo, hi, BLOCK_N2):
             start_n = tl.multiple_of(start_n, BLOCK_N2)
@@ -334,9 +452,8 @@ if triton is not None:
             p = tl.math.exp2(qk * qk_scale - lse2[:, None])
             if MASKED:
                 # keys past seq_k read as zero, but exp2(0 - lse) need not be finite: mask them too
-                keep = cols[None, :] < seq_k
-                if CAUSAL:
-                    keep = keep & (cols[None, :] <= offs_m[:, None])
+                keep = _restrict(cols[None, :] < seq_k, offs_m[:, None], cols[None, :], cols[None, :],
+                                 window, doc_lo[:, None], doc_hi[:, None], CAUSAL, MASK_KIND)
                 p = tl.where(keep, p, 0.0)
             # -- dS = P * (dP - delta); dQ += dS K (sm_scale applied once, at the end)
             dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
@@ -345,21 +462,23 @@ if triton is not None:
         return dq
 
     @_SEQ_JIT
-    def _attn_bwd_dq(Q, K, V, DO, LSE, Delta, DQ, sm_scale,
+    def _attn_bwd_dq(Q, K, V, DO, LSE, Delta, DQ, DocStart, DocEnd, sm_scale,
                      stride_qz, stride_qh, stride_qm, stride_qd,
                      stride_kz, stride_kh, stride_kn, stride_kd,
                      stride_vz, stride_vh, stride_vn, stride_vd,
                      stride_doz, stride_doh, stride_dom, stride_dod,
                      stride_dqz, stride_dqh, stride_dqm, stride_dqd,
-                     num_heads, seq_q, seq_k, seq_bucket,
+                     num_heads, group, seq_q, seq_k, seq_bucket, window,
                      HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                     INPUT_PRECISION: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr):
+                     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                     BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr):
         pid_m = tl.program_id(0)
         if CAUSAL:  # heaviest query tiles first, as in the forward
             pid_m = tl.num_programs(0) - 1 - pid_m
         off_bh = tl.program_id(1)
         off_z = (off_bh // num_heads).to(tl.int64)
         off_h = (off_bh % num_heads).to(tl.int64)
+        off_hk = off_h // group  # GQA: the k/v head this query head reads
         start_m = pid_m * BLOCK_M2
         offs_m = start_m + tl.arange(0, BLOCK_M2)
         offs_n0 = tl.arange(0, BLOCK_N2)
@@ -372,27 +491,34 @@ if triton is not None:
         row_ok = offs_m < seq_q
         lse2 = tl.load(LSE + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)  # log2 units
         delta = tl.load(Delta + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)
-        k_ptrs = K + off_z * stride_kz + off_h * stride_kh + offs_n0[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        v_ptrs = V + off_z * stride_vz + off_h * stride_vh + offs_n0[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        k_ptrs = K + off_z * stride_kz + off_hk * stride_kh + offs_n0[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = V + off_z * stride_vz + off_hk * stride_vh + offs_n0[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        if MASK_KIND == _DOCUMENT_MASK:
+            doc_lo = tl.load(DocStart + offs_m, mask=row_ok, other=0)
+            doc_hi = tl.load(DocEnd + offs_m, mask=row_ok, other=0)
+        else:
+            doc_lo = offs_m
+            doc_hi = offs_m
         qk_scale = sm_scale * 1.44269504  # 1/ln(2)
 
         # the same split of the key range as the forward
-        if CAUSAL:
-            diag_lo = (start_m // BLOCK_N2) * BLOCK_N2
-            hi = tl.minimum(start_m + BLOCK_M2, seq_k)
-        else:
-            diag_lo = seq_k
-            hi = seq_k
-        full_hi = tl.minimum(diag_lo, (seq_k // BLOCK_N2) * BLOCK_N2)
+        last_m = tl.minimum(start_m + BLOCK_M2, seq_q) - 1
+        lo, hi, all_lo, all_hi = _visible_span(start_m, last_m, seq_k, window, DocStart, DocEnd,
+                                               CAUSAL, MASK_KIND, True)
+        start_n, full_lo, full_hi = _block_stages(lo, hi, all_lo, all_hi, BLOCK_N2)
         dq = tl.zeros([BLOCK_M2, HEAD_DIM_PAD], dtype=tl.float32)
-        # -- stage 1: whole blocks, no masks
+        # -- stage 1: partial blocks left of the whole ones, masked
         dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                                offs_m, offs_n0, offs_d, seq_k, qk_scale, 0, full_hi,
-                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, False, INPUT_PRECISION)
-        # -- stage 2: diagonal and ragged blocks, masked
+                                offs_m, offs_n0, offs_d, seq_k, qk_scale, start_n, full_lo, window, doc_lo, doc_hi,
+                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+        # -- stage 2: whole blocks, no masks
         dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                                offs_m, offs_n0, offs_d, seq_k, qk_scale, full_hi, hi,
-                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, True, INPUT_PRECISION)
+                                offs_m, offs_n0, offs_d, seq_k, qk_scale, full_lo, full_hi, window, doc_lo, doc_hi,
+                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, False, INPUT_PRECISION)
+        # -- stage 3: diagonal, right-edge and ragged blocks, masked
+        dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                offs_m, offs_n0, offs_d, seq_k, qk_scale, full_hi, hi, window, doc_lo, doc_hi,
+                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, True, INPUT_PRECISION)
 
         dq *= sm_scale  # dQ = sm_scale * dS K
         dq_ptrs = (DQ + off_z * stride_dqz + off_h * stride_dqh + offs_m[:, None] * stride_dqm
@@ -487,7 +613,9 @@ def _autotune(kernel: str):
         extra["do_bench"] = functools.partial(triton.testing.do_bench, warmup=TUNE_WARMUP_MS, rep=TUNE_REP_MS)
     return triton.autotune(
         configs=_configs(kernel),
-        key=["HEAD_DIM_PAD", "CAUSAL", "INPUT_PRECISION", "seq_bucket"],  # the dtype is keyed on by Triton
+        # the dtype is keyed on by Triton. MASK_KIND too: a window or documents change each program's
+        # work (a few blocks instead of seq/BLOCK), so the best tile differs from the unmasked one's
+        key=["HEAD_DIM_PAD", "CAUSAL", "MASK_KIND", "INPUT_PRECISION", "seq_bucket"],
         prune_configs_by={"early_config_prune": _prune(kernel)},
         **extra,
     )
@@ -534,11 +662,52 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, input_precision: str):
+@dataclass(frozen=True)
+class _MaskArgs:
+    """What the kernels take for a mask spec: MASK_KIND, the window (clamped to the sequence, so the
+    kernels' int32 index sums cannot overflow) and the per-position document bounds (int32)."""
+
+    kind: int
+    window: int
+    doc_start: torch.Tensor
+    doc_end: torch.Tensor
+
+
+@functools.lru_cache(maxsize=16)
+def _document_bounds(lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(doc_start, doc_end), int32 (seq,): the first and one-past-last position of each position's
+    document; key j is visible from query i when doc_start[i] <= j < doc_end[i]. Cached: a benchmark
+    calls with the same documents every time, and this is a host-to-device copy."""
+    counts = torch.tensor(lengths, dtype=torch.int64)
+    ends = torch.cumsum(counts, 0)
+    doc_start = torch.repeat_interleave(ends - counts, counts).to(torch.int32)
+    doc_end = torch.repeat_interleave(ends, counts).to(torch.int32)
+    return doc_start.to(device), doc_end.to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _no_documents(device: torch.device) -> torch.Tensor:
+    """A stand-in for the document bounds when there are none (the kernels never read it)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def _mask_args(mask: MaskSpec | None, seq_len: int, device: torch.device) -> _MaskArgs:
+    if isinstance(mask, SlidingWindow):
+        unused = _no_documents(device)
+        return _MaskArgs(_MASK_KINDS["sliding_window"], min(mask.window, seq_len), unused, unused)
+    if isinstance(mask, Document):
+        doc_start, doc_end = _document_bounds(mask.lengths, device)
+        return _MaskArgs(_MASK_KINDS["document"], 0, doc_start, doc_end)
+    unused = _no_documents(device)
+    return _MaskArgs(_MASK_KINDS["none"], 0, unused, unused)
+
+
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: _MaskArgs,
+             input_precision: str):
     """Launch the forward kernel; returns O (like q, contiguous) and the fp32 (batch, heads, seq_q)
     log-sum-exp of the scaled scores in log2 units (the reference's lse / ln 2)."""
     batch, heads, seq_q, head_dim = q.shape
-    seq_k = k.shape[2]
+    heads_kv, seq_k = k.shape[1], k.shape[2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, seq_q), dtype=torch.float32, device=q.device)
 
@@ -546,17 +715,19 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, in
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
     _attn_fwd_tuned[grid](
-        q, k, v, out, lse, softmax_scale(head_dim),
+        q, k, v, out, lse, mask.doc_start, mask.doc_end, softmax_scale(head_dim),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, seq_q, seq_k, _seq_bucket(seq_q, seq_k),
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=_head_dim_pad(head_dim), CAUSAL=causal, INPUT_PRECISION=input_precision,
+        heads, heads // heads_kv, seq_q, seq_k, _seq_bucket(seq_q, seq_k), mask.window,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=_head_dim_pad(head_dim), CAUSAL=causal, MASK_KIND=mask.kind,
+        INPUT_PRECISION=input_precision,
     )
     return out, lse
 
 
-def _backward(q, k, v, out, lse, grad_out, causal: bool, input_precision: str):
+def _backward(q, k, v, out, lse, grad_out, causal: bool, mask: _MaskArgs, input_precision: str):
     batch, heads, seq_q, head_dim = q.shape
-    seq_k = k.shape[2]
+    heads_kv, seq_k = k.shape[1], k.shape[2]
+    group = heads // heads_kv
     head_dim_pad = _head_dim_pad(head_dim)
     seq_bucket = _seq_bucket(seq_q, seq_k)
     sm_scale = softmax_scale(head_dim)
@@ -571,15 +742,16 @@ def _backward(q, k, v, out, lse, grad_out, causal: bool, input_precision: str):
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, BLOCK_M=PREPROCESS_BLOCK_M,
     )
 
-    # -- dK, dV: one program per key block
+    # -- dK, dV: one program per key block of each k/v head, summing over the query heads of its group
     def grid_dkdv(meta):
-        return (triton.cdiv(seq_k, meta["BLOCK_N1"]), batch * heads)
+        return (triton.cdiv(seq_k, meta["BLOCK_N1"]), batch * heads_kv)
 
     _attn_bwd_dkdv_tuned[grid_dkdv](
-        q, k, v, grad_out, lse, delta, grad_k, grad_v, sm_scale,
+        q, k, v, grad_out, lse, delta, grad_k, grad_v, mask.doc_start, mask.doc_end, sm_scale,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_k.stride(), *grad_v.stride(),
-        heads, seq_q, seq_k, seq_bucket,
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, INPUT_PRECISION=input_precision,
+        heads, group, seq_q, seq_k, seq_bucket, mask.window,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, MASK_KIND=mask.kind,
+        INPUT_PRECISION=input_precision,
     )
 
     # -- dQ: one program per query block
@@ -587,22 +759,24 @@ def _backward(q, k, v, out, lse, grad_out, causal: bool, input_precision: str):
         return (triton.cdiv(seq_q, meta["BLOCK_M2"]), batch * heads)
 
     _attn_bwd_dq_tuned[grid_dq](
-        q, k, v, grad_out, lse, delta, grad_q, sm_scale,
+        q, k, v, grad_out, lse, delta, grad_q, mask.doc_start, mask.doc_end, sm_scale,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_q.stride(),
-        heads, seq_q, seq_k, seq_bucket,
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, INPUT_PRECISION=input_precision,
+        heads, group, seq_q, seq_k, seq_bucket, mask.window,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, MASK_KIND=mask.kind,
+        INPUT_PRECISION=input_precision,
     )
     return grad_q, grad_k, grad_v
 
 
 class _TritonFlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool):
+    def forward(ctx, q, k, v, causal: bool, mask: MaskSpec | None):
         input_precision = _input_precision(q.dtype)
         with _device_guard(q):
-            out, lse = _forward(q, k, v, causal, input_precision)
+            out, lse = _forward(q, k, v, causal, _mask_args(mask, q.shape[2], q.device), input_precision)
         ctx.save_for_backward(q, k, v, out, lse)  # the log-sum-exp (log2 units), never P
         ctx.causal = causal
+        ctx.mask = mask  # the spec (a small frozen dataclass); the document bounds are cached by device
         ctx.input_precision = input_precision
         return out
 
@@ -610,13 +784,47 @@ class _TritonFlashAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         with _device_guard(q):
-            grad_q, grad_k, grad_v = _backward(q, k, v, out, lse, grad_out, ctx.causal, ctx.input_precision)
-        return grad_q, grad_k, grad_v, None
+            grad_q, grad_k, grad_v = _backward(q, k, v, out, lse, grad_out, ctx.causal,
+                                               _mask_args(ctx.mask, q.shape[2], q.device), ctx.input_precision)
+        return grad_q, grad_k, grad_v, None, None
 
 
-def triton_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
-    """FlashAttention-2 forward and backward in Triton (shapes in ``registry``)."""
-    return _TritonFlashAttention.apply(q, k, v, causal)
+def _check_gqa_and_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                        mask: MaskSpec | None) -> None:
+    """ValueError/TypeError for what the registry's checks may not know yet: k/v head counts (GQA),
+    mask specs this kernel does not run, masks with seq_q != seq_k."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-dimensional tensor (batch, heads, seq, head_dim)")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    batch, heads, _, head_dim = q.shape
+    if (k.shape[0], k.shape[3]) != (batch, head_dim):
+        raise ValueError(f"k and v must match q in batch and head_dim: expected ({batch}, heads_kv, seq_k, "
+                         f"{head_dim}), got {tuple(k.shape)}")
+    heads_kv = k.shape[1]
+    if heads_kv < 1 or heads % heads_kv:
+        raise ValueError(f"triton_flash needs q's heads ({heads}) to be a multiple of k's and v's heads "
+                         f"({heads_kv}): query head h reads k/v head h // (heads // heads_kv)")
+    if mask is None:
+        return
+    validate_mask(mask, q.shape[2], k.shape[2], causal=causal)  # TypeError for a non-spec, seq_q != seq_k
+    if mask.kind not in SUPPORTED_MASKS:
+        raise ValueError(f"triton_flash runs the masks {', '.join(sorted(SUPPORTED_MASKS))}, "
+                         f"not {mask.kind}")
+
+
+def triton_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                           mask: MaskSpec | None = None) -> torch.Tensor:
+    """FlashAttention-2 forward and backward in Triton (shapes in ``registry``).
+
+    k and v may have fewer heads than q (GQA/MQA; heads % heads_kv == 0): query head h reads k/v head
+    h // (heads // heads_kv), as ``F.scaled_dot_product_attention(..., enable_gqa=True)``. ``mask`` is
+    None, ``masks.sliding_window(w)`` or ``masks.document(lengths)`` (AND-ed with ``causal``; seq_q ==
+    seq_k); fully masked key blocks are skipped, forward and backward.
+    """
+    _check_gqa_and_mask(q, k, v, causal, mask)
+    return _TritonFlashAttention.apply(q, k, v, causal, mask)
 
 
 def _unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -649,6 +857,9 @@ register(
     availability=_unavailable_reason,
     cpu_interpreted=True,
     description="FlashAttention-2 in Triton (forward and backward kernels, autotuned); saves O and the log-sum-exp",
+    # mask specs and k/v heads fewer than q's: fields the registry's Variant is gaining; passed once it has them
+    **{name: value for name, value in (("masks", SUPPORTED_MASKS), ("gqa", True))
+       if name in Variant.__dataclass_fields__},
 )(triton_flash_attention)
 
 
