@@ -936,6 +936,19 @@ def _check_bools(name: str, values) -> tuple[bool, ...]:
     return checked
 
 
+def _check_mask_kinds(masks) -> tuple[str, ...]:
+    allowed = ", ".join(repr(kind) for kind in _MASK_KINDS)
+    if isinstance(masks, str) or not isinstance(masks, Iterable):
+        masks = (masks,)
+    checked = tuple(dict.fromkeys(masks))
+    if not checked:
+        raise ValueError(f"masks must name one or more of {allowed}, got none")
+    for kind in checked:
+        if kind not in _MASK_KINDS:
+            raise ValueError(f"masks must be among {allowed}, got {kind!r}")
+    return checked
+
+
 def _gpu_tools_reason() -> str | None:
     """Why the kernels cannot be compiled or timed here, or None."""
     if _TRITON_MISSING is not None:
@@ -947,17 +960,18 @@ def _gpu_tools_reason() -> str | None:
     return None
 
 
-def _compile_jobs(dtypes, head_dims, causal, tf32, shared_memory_bytes: int) -> list[tuple]:
-    """(kernel, dtype name, head_dim, causal, input precision, tile) for every kernel variant the
-    autotuner may launch at these keys, whatever the sequence length; ``tile`` is None for the
-    untuned preprocess kernel."""
+def _compile_jobs(dtypes, head_dims, causal, tf32, shared_memory_bytes: int, masks=("none",)) -> list[tuple]:
+    """(kernel, dtype name, head_dim, causal, input precision, tile, mask kind) for every kernel variant
+    the autotuner may launch at these keys, whatever the sequence length, window, documents or GQA group
+    (none of which is specialised on); ``tile`` is None for the untuned preprocess kernel, which takes
+    no mask."""
     jobs = {}
     for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
         elem_bytes = torch.empty(0, dtype=dtype).element_size()
         precisions = dict.fromkeys(_input_precision(dtype, allow) for allow in tf32)
         for head_dim in head_dims:
-            jobs[("preprocess", name, head_dim, False, "tf32", None)] = None
+            jobs[("preprocess", name, head_dim, False, "tf32", None, "none")] = None
             for kernel in _BLOCK_NAMES:
                 # the tuned list at long sequences, plus the one tile short sequences take
                 tiles = _candidate_tiles(kernel, elem_bytes, _head_dim_pad(head_dim), MIN_TUNED_SEQ_BUCKET,
@@ -965,40 +979,50 @@ def _compile_jobs(dtypes, head_dims, causal, tf32, shared_memory_bytes: int) -> 
                 for tile in dict.fromkeys(tiles):
                     for is_causal in causal:
                         for precision in precisions:
-                            jobs[(kernel, name, head_dim, is_causal, precision, tile)] = None
+                            for mask in masks:
+                                jobs[(kernel, name, head_dim, is_causal, precision, tile, mask)] = None
     return list(jobs)
+
+
+def _compile_launch(job: tuple, device: str = "cuda") -> tuple:
+    """(kernel function, positional args, keyword args) of a launch that compiles one job's kernel variant."""
+    kernel, dtype_name, head_dim, causal, precision, tile, mask = job
+    dtype = getattr(torch, dtype_name)
+    # contiguous (1, 2, 64, head_dim) tensors: the strides specialise like those of the suite's inputs
+    q, k, v, o, do = (torch.empty(1, 2, _COMPILE_SEQ, head_dim, device=device, dtype=dtype) for _ in range(5))
+    lse, delta = (torch.empty(1, 2, _COMPILE_SEQ, device=device) for _ in range(2))
+    doc_start, doc_end = (torch.zeros(_COMPILE_SEQ, device=device, dtype=torch.int32) for _ in range(2))
+    # num_heads, group, seq_q, seq_k, seq_bucket, window
+    tail = (2, 1, _COMPILE_SEQ, _COMPILE_SEQ, MIN_TUNED_SEQ_BUCKET, _COMPILE_SEQ)
+    meta = {"HEAD_DIM": head_dim, "HEAD_DIM_PAD": _head_dim_pad(head_dim), "grid": (1, 1)}
+    if kernel == "preprocess":
+        meta["BLOCK_M"] = PREPROCESS_BLOCK_M
+        return _attn_bwd_preprocess, (o, do, delta, *o.stride(), *do.stride(), 2, _COMPILE_SEQ), meta
+    m_name, n_name = _BLOCK_NAMES[kernel]
+    meta.update(CAUSAL=causal, MASK_KIND=_MASK_KINDS[mask], INPUT_PRECISION=precision,
+                num_warps=tile[2], num_stages=tile[3], **{m_name: tile[0], n_name: tile[1]})
+    scale = softmax_scale(head_dim)
+    if kernel == "fwd":
+        fn, args = _attn_fwd, (q, k, v, o, lse, doc_start, doc_end, scale,
+                               *q.stride(), *k.stride(), *v.stride(), *o.stride())
+    elif kernel == "dkdv":
+        fn, args = _attn_bwd_dkdv, (q, k, v, do, lse, delta, k, v, doc_start, doc_end, scale, *q.stride(),
+                                    *k.stride(), *v.stride(), *do.stride(), *k.stride(), *v.stride())
+    else:
+        fn, args = _attn_bwd_dq, (q, k, v, do, lse, delta, q, doc_start, doc_end, scale, *q.stride(),
+                                  *k.stride(), *v.stride(), *do.stride(), *q.stride())
+    return fn, args + tail, meta
 
 
 def _compile_job(job: tuple) -> str | None:
     """Compile one kernel variant into Triton's cache (no launch); None, or why it did not compile."""
-    kernel, dtype_name, head_dim, causal, precision, tile = job
-    dtype = getattr(torch, dtype_name)
-    # contiguous (1, 2, 64, head_dim) tensors: the strides specialise like those of the suite's inputs
-    q, k, v, o, do = (torch.empty(1, 2, _COMPILE_SEQ, head_dim, device="cuda", dtype=dtype) for _ in range(5))
-    lse, delta = (torch.empty(1, 2, _COMPILE_SEQ, device="cuda") for _ in range(2))
-    tail = (2, _COMPILE_SEQ, _COMPILE_SEQ, MIN_TUNED_SEQ_BUCKET)  # num_heads, seq_q, seq_k, seq_bucket
-    meta = {"HEAD_DIM": head_dim, "HEAD_DIM_PAD": _head_dim_pad(head_dim), "grid": (1, 1)}
-    if kernel == "preprocess":
-        fn, args = _attn_bwd_preprocess, (o, do, delta, *o.stride(), *do.stride(), 2, _COMPILE_SEQ)
-        meta["BLOCK_M"] = PREPROCESS_BLOCK_M
-    else:
-        m_name, n_name = _BLOCK_NAMES[kernel]
-        meta.update(CAUSAL=causal, INPUT_PRECISION=precision, num_warps=tile[2], num_stages=tile[3],
-                    **{m_name: tile[0], n_name: tile[1]})
-        scale = softmax_scale(head_dim)
-        if kernel == "fwd":
-            fn, args = _attn_fwd, (q, k, v, o, lse, scale, *q.stride(), *k.stride(), *v.stride(), *o.stride())
-        elif kernel == "dkdv":
-            fn, args = _attn_bwd_dkdv, (q, k, v, do, lse, delta, k, v, scale, *q.stride(), *k.stride(),
-                                        *v.stride(), *do.stride(), *k.stride(), *v.stride())
-        else:
-            fn, args = _attn_bwd_dq, (q, k, v, do, lse, delta, q, scale, *q.stride(), *k.stride(), *v.stride(),
-                                      *do.stride(), *q.stride())
-        args += tail
+    kernel, dtype_name, head_dim, _, _, tile, mask = job
     try:
+        fn, args, meta = _compile_launch(job)
         fn.warmup(*args, **meta)
     except Exception as exc:  # noqa: BLE001  (OutOfResources, ptxas errors: reported; the autotuner skips the tile)
         label = kernel if tile is None else f"{kernel} {tile[0]}x{tile[1]}/w{tile[2]}/s{tile[3]}"
+        label += "" if mask == "none" else f" {mask}"
         return f"{label} {dtype_name} d{head_dim}: {type(exc).__name__}: {str(exc)[:200]}"
     return None
 
@@ -1009,6 +1033,7 @@ def precompile(
     *,
     causal: bool | Iterable[bool] = (False, True),
     tf32: bool | Iterable[bool] = (False,),
+    masks: str | Iterable[str] = ("none",),
     workers: int | None = None,
 ) -> PrecompileResult:
     """Compile triton_flash's forward and backward kernels for these keys into Triton's on-disk cache.
@@ -1022,16 +1047,22 @@ def precompile(
     Kernels specialise on their strides' alignment: contiguous inputs hit the cache, other layouts may
     compile once more.
 
+    ``masks`` names the mask kinds to compile for: "none" (no mask spec; causal or not), and for grids
+    with masks "sliding_window" and "document". Each kind is one more constexpr specialisation of the
+    three tuned kernels, so each adds as many variants as "none" has; the window, the documents and the
+    GQA group are runtime values and add none.
+
     Does nothing without a CUDA GPU, under TRITON_INTERPRET=1 or without Triton, and says so in
     ``PrecompileResult.skipped``. Raises TypeError or ValueError for arguments outside: head_dims
     ints in 1..MAX_HEAD_DIM (256); dtypes torch.float16/bfloat16/float32 or "fp16"/"bf16"/"fp32";
-    causal and tf32 bools; workers an int >= 1 or None.
+    causal and tf32 bools; masks among "none", "sliding_window", "document"; workers an int >= 1 or None.
     """
     if not isinstance(head_dims, Iterable):
         head_dims = (head_dims,)
     head_dims = tuple(dict.fromkeys(_check_positive_int("head_dim", d, MAX_HEAD_DIM) for d in head_dims))
     dtypes = _check_dtypes(dtypes)
     causal, tf32 = _check_bools("causal", causal), _check_bools("tf32", tf32)
+    masks = _check_mask_kinds(masks)
     if not head_dims or not dtypes:
         raise ValueError("precompile needs at least one head_dim and one dtype")
     if workers is not None:
@@ -1041,7 +1072,7 @@ def precompile(
         return PrecompileResult(compiled=0, skipped=f"nothing to compile: {reason}")
 
     start = time.perf_counter()
-    jobs = _compile_jobs(dtypes, head_dims, causal, tf32, _shared_memory_bytes(torch.cuda.current_device()))
+    jobs = _compile_jobs(dtypes, head_dims, causal, tf32, _shared_memory_bytes(torch.cuda.current_device()), masks)
     workers = min(len(jobs), workers or min(DEFAULT_MAX_WORKERS, os.cpu_count() or 1))
     if workers == 1:
         results = [_compile_job(job) for job in jobs]
@@ -1062,16 +1093,20 @@ def autotune_candidates(
     causal: bool = False,
     batch: int = 1,
     heads: int = 1,
+    heads_kv: int | None = None,
+    mask: MaskSpec | None = None,
 ) -> list[CandidateTiming]:
     """Autotune every kernel for one shape and return what each candidate tile measured, fastest first
     per kernel ("fwd", "dkdv", "dq"): whether a candidate list is the limit (the winner sits at an edge
     of the list) or the kernel is (every candidate is close).
 
-    Runs one forward and backward of random (batch, heads, seq_len, head_dim) tensors on the current
-    GPU, with fp32 following ``torch.backends.cuda.matmul.allow_tf32``. Drops this process's earlier
+    Runs one forward and backward of random (batch, heads, seq_len, head_dim) q and (batch, heads_kv
+    (default heads), seq_len, head_dim) k and v with ``mask`` (None, a sliding_window or document spec)
+    on the current GPU, with fp32 following ``torch.backends.cuda.matmul.allow_tf32``. Drops this process's earlier
     autotune choices for the three kernels first, so they are timed afresh (later calls tune again).
     Raises RuntimeError without a CUDA GPU or under TRITON_INTERPRET=1; TypeError/ValueError for
-    arguments outside: dtype as for :func:`precompile`, head_dim 1..MAX_HEAD_DIM, positive ints, bool causal.
+    arguments outside: dtype as for :func:`precompile`, head_dim 1..MAX_HEAD_DIM, positive ints, bool causal,
+    heads a multiple of heads_kv, a mask this kernel runs that fits seq_len.
     """
     if not isinstance(dtype, (torch.dtype, str)):
         raise TypeError(f"dtype must be one torch.dtype or dtype name, got {type(dtype).__name__}")
@@ -1081,6 +1116,10 @@ def autotune_candidates(
         _check_positive_int(name, value)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    heads_kv = heads if heads_kv is None else _check_positive_int("heads_kv", heads_kv)
+    # the checks of a call, on tensors that hold no data
+    _check_gqa_and_mask(*(torch.empty(batch, h, seq_len, head_dim, device="meta") for h in (heads, heads_kv, heads_kv)),
+                        causal, mask)
     reason = _gpu_tools_reason()
     if reason is not None:
         raise RuntimeError(f"autotune_candidates needs a CUDA GPU: {reason}")
@@ -1089,9 +1128,9 @@ def autotune_candidates(
     for autotuner in tuned.values():
         autotuner.cache.clear()
         autotuner.configs_timings = {}
-    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype, requires_grad=True)
-               for _ in range(3))
-    out = triton_flash_attention(q, k, v, causal=causal)
+    q, k, v = (torch.randn(batch, h, seq_len, head_dim, device="cuda", dtype=dtype, requires_grad=True)
+               for h in (heads, heads_kv, heads_kv))
+    out = triton_flash_attention(q, k, v, causal=causal, mask=mask)
     torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
     torch.cuda.synchronize()
     rows = []
