@@ -268,11 +268,13 @@ if triton is not None:
         lo, hi, all_lo, all_hi = _visible_span(start_m, last_m, seq_k, window, DocStart, DocEnd,
                                                CAUSAL, MASK_KIND, True)
         start_n, full_lo, full_hi = _block_stages(lo, hi, all_lo, all_hi, BLOCK_N)
-        # -- stage 1: partial blocks left of the whole ones (a window's or a document's left edge), masked
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                                        offs_m, offs_n, offs_d, seq_k, qk_scale, start_n, full_lo,
-                                        window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
-                                        CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+        # -- stage 1: partial blocks left of the whole ones (a window's or a document's left edge), masked;
+        # without a mask spec every row sees key 0 and this stage is empty
+        if MASK_KIND != _NO_MASK:
+            acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                            offs_m, offs_n, offs_d, seq_k, qk_scale, start_n, full_lo,
+                                            window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
+                                            CAUSAL, MASK_KIND, True, INPUT_PRECISION)
         # -- stage 2: whole blocks, no masks
         acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                         offs_m, offs_n, offs_d, seq_k, qk_scale, full_lo, full_hi,
@@ -321,26 +323,34 @@ if triton is not None:
         tl.store(Delta + off_bh.to(tl.int64) * seq_q + offs_m, delta, mask=offs_m < seq_q)
 
     @triton.jit
-    def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, LSE, Delta,
-                             offs_n, offs_d, seq_q, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
+    def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qh, stride_qm, stride_doh, stride_dom,
+                             LSE, Delta, group, offs_n, offs_d, seq_q, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
                              HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M1: tl.constexpr,
                              CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
                              INPUT_PRECISION: tl.constexpr):
-        """Add the contributions of query blocks [lo, hi) to one key block's dK and dV (transposed tiles)."""
+        """Add the contributions of query blocks [lo, hi) of each of the ``group`` query heads that share
+        this k/v head (GQA; their q, dO, LSE and delta lie one head stride apart) to one key block's dK
+        and dV (transposed tiles). One flat loop over (head, block): a loop over heads around the block
+        loop costs registers the dK and dV accumulators need (it spills at BLOCK_N1 128, head_dim 128)."""
         offs_m0 = tl.arange(0, BLOCK_M1)
-        for start_m in range(lo, hi, BLOCK_M1):
+        num_blocks = (tl.maximum(hi - lo, 0) + BLOCK_M1 - 1) // BLOCK_M1
+        for step in range(0, num_blocks * group):
+            head = step // num_blocks
+            start_m = lo + (step - head * num_blocks) * BLOCK_M1
             start_m = tl.multiple_of(start_m, BLOCK_M1)
             offs_m = start_m + offs_m0
-            q = _load_tile(q_ptrs + start_m * stride_qm, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            do = _load_tile(do_ptrs + start_m * stride_dom, offs_m, seq_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            q = _load_tile(q_ptrs + head * stride_qh + start_m * stride_qm, offs_m, seq_q, offs_d,
+                           HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            do = _load_tile(do_ptrs + head * stride_doh + start_m * stride_dom, offs_m, seq_q, offs_d,
+                            HEAD_DIM, HEAD_DIM_PAD, MASKED)
             # rows past seq_q read q = dO = lse = delta = 0, so their p is 1 and their ds is 0:
             # they add nothing to dK or dV
             if MASKED:
-                lse2 = tl.load(LSE + offs_m, mask=offs_m < seq_q, other=0.0)  # log2 units
-                delta = tl.load(Delta + offs_m, mask=offs_m < seq_q, other=0.0)
+                lse2 = tl.load(LSE + head * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)  # log2 units
+                delta = tl.load(Delta + head * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
             else:
-                lse2 = tl.load(LSE + offs_m)
-                delta = tl.load(Delta + offs_m)
+                lse2 = tl.load(LSE + head * seq_q + offs_m)
+                delta = tl.load(Delta + head * seq_q + offs_m)
             # -- recompute P^T from the log-sum-exp
             qkT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)
             pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
@@ -400,32 +410,34 @@ if triton is not None:
                                                CAUSAL, MASK_KIND, False)
         start_m, full_lo, full_hi = _block_stages(lo, hi, all_lo, all_hi, BLOCK_M1)
 
+        # the first query head of the group (the others follow, one head stride apart)
+        off_h0 = off_hk * group
+        q_ptrs = Q + off_z * stride_qz + off_h0 * stride_qh + offs_m0[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        do_ptrs = (DO + off_z * stride_doz + off_h0 * stride_doh + offs_m0[:, None] * stride_dom
+                   + offs_d[None, :] * stride_dod)
+        LSE += (off_z * num_heads + off_h0) * seq_q
+        Delta += (off_z * num_heads + off_h0) * seq_q
+
         dk = tl.zeros([BLOCK_N1, HEAD_DIM_PAD], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N1, HEAD_DIM_PAD], dtype=tl.float32)
-        for g in range(0, group):  # -- the query heads of this k/v head, one after another
-            off_h = off_hk * group + g
-            q_ptrs = (Q + off_z * stride_qz + off_h * stride_qh + offs_m0[:, None] * stride_qm
-                      + offs_d[None, :] * stride_qd)
-            do_ptrs = (DO + off_z * stride_doz + off_h * stride_doh + offs_m0[:, None] * stride_dom
-                       + offs_d[None, :] * stride_dod)
-            lse_ptr = LSE + (off_z * num_heads + off_h) * seq_q
-            delta_ptr = Delta + (off_z * num_heads + off_h) * seq_q
-            # -- stage 1: partial query blocks before the whole ones (causal diagonal, window and
-            # document edges), masked
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, lse_ptr, delta_ptr,
-                                          offs_n, offs_d, seq_q, seq_k, qk_scale, start_m, full_lo,
+        # each stage loops over the group's query heads too: dK and dV are summed over them here
+        # -- stage 1: partial query blocks before the whole ones (causal diagonal, window and document
+        # edges), masked; empty without causal or a mask spec
+        if CAUSAL or MASK_KIND != _NO_MASK:
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qh, stride_qm, stride_doh, stride_dom,
+                                          LSE, Delta, group, offs_n, offs_d, seq_q, seq_k, qk_scale, start_m, full_lo,
                                           window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
                                           CAUSAL, MASK_KIND, True, INPUT_PRECISION)
-            # -- stage 2: query blocks that see the whole key block, no masks
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, lse_ptr, delta_ptr,
-                                          offs_n, offs_d, seq_q, seq_k, qk_scale, full_lo, full_hi,
-                                          window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
-                                          CAUSAL, MASK_KIND, False, INPUT_PRECISION)
-            # -- stage 3: partial blocks after them and the ragged last query block, masked
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qm, stride_dom, lse_ptr, delta_ptr,
-                                          offs_n, offs_d, seq_q, seq_k, qk_scale, full_hi, hi,
-                                          window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
-                                          CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+        # -- stage 2: query blocks that see the whole key block, no masks
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qh, stride_qm, stride_doh, stride_dom,
+                                      LSE, Delta, group, offs_n, offs_d, seq_q, seq_k, qk_scale, full_lo, full_hi,
+                                      window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
+                                      CAUSAL, MASK_KIND, False, INPUT_PRECISION)
+        # -- stage 3: partial blocks after them and the ragged last query block, masked
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qh, stride_qm, stride_doh, stride_dom,
+                                      LSE, Delta, group, offs_n, offs_d, seq_q, seq_k, qk_scale, full_hi, hi,
+                                      window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
+                                      CAUSAL, MASK_KIND, True, INPUT_PRECISION)
 
         dk *= sm_scale  # dS is the gradient of the scaled scores: dK = sm_scale * dS^T Q
         dk_ptrs = (DK + off_z * stride_dkz + off_hk * stride_dkh + offs_n[:, None] * stride_dkn
@@ -507,10 +519,12 @@ if triton is not None:
                                                CAUSAL, MASK_KIND, True)
         start_n, full_lo, full_hi = _block_stages(lo, hi, all_lo, all_hi, BLOCK_N2)
         dq = tl.zeros([BLOCK_M2, HEAD_DIM_PAD], dtype=tl.float32)
-        # -- stage 1: partial blocks left of the whole ones, masked
-        dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                                offs_m, offs_n0, offs_d, seq_k, qk_scale, start_n, full_lo, window, doc_lo, doc_hi,
-                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+        # -- stage 1: partial blocks left of the whole ones, masked (empty without a mask spec)
+        if MASK_KIND != _NO_MASK:
+            dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                    offs_m, offs_n0, offs_d, seq_k, qk_scale, start_n, full_lo, window, doc_lo,
+                                    doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, True,
+                                    INPUT_PRECISION)
         # -- stage 2: whole blocks, no masks
         dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                 offs_m, offs_n0, offs_d, seq_k, qk_scale, full_lo, full_hi, window, doc_lo, doc_hi,
