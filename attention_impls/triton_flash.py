@@ -10,10 +10,19 @@ looping over query blocks) and ``_attn_bwd_dq`` (one program per query block, lo
 blocks). Each output element is written by exactly one program: no atomics, so autotuning (which
 reruns a kernel) needs no reset.
 
-Causal masking (top-left aligned, query i sees keys j <= i) skips the tiles that are wholly masked
-and applies the mask only on the diagonal tiles and on the ragged last tile of a sequence; every
-other tile runs without masks. Head dims that are not a power of two run padded to the next one
-with masked loads and stores.
+Masks: causal (top-left aligned, query i sees keys j <= i), and AND-ed with it the mask specs of
+``attention_impls.masks`` ``sliding_window(w)`` (|i - j| < w) and ``document(lengths)`` (same
+document), as the constexpr MASK_KIND with a runtime window and per-position document bounds. Every
+position sees an interval of the other axis whose ends never decrease, so each program derives the
+contiguous range of blocks it pairs with (``_visible_span``): blocks outside it are never loaded,
+whole blocks that every row sees run without masks, and only the partial blocks at its edges (the
+diagonal, a window's or a document's edges, the ragged end of a sequence) are masked.
+
+GQA/MQA: k and v may have fewer heads than q (heads % heads_kv == 0); query head h reads k/v head
+h // (heads // heads_kv). The dK/dV kernel runs one program per key block of each k/v head and loops
+over the query heads of its group, so dK and dV are summed in registers, without atomics.
+
+Head dims that are not a power of two run padded to the next one with masked loads and stores.
 
 Triton is optional: the module imports without it and the variant then reports why it cannot run.
 Two GPU tools close the file: ``precompile`` compiles every autotune candidate ahead, in parallel
