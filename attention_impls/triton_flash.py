@@ -817,8 +817,10 @@ def _check_gqa_and_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     """ValueError/TypeError for what the registry's checks may not know yet: k/v head counts (GQA),
     mask specs this kernel does not run, masks with seq_q != seq_k."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-dimensional tensor (batch, heads, seq, head_dim)")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have 4 dimensions (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     batch, heads, _, head_dim = q.shape
