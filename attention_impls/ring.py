@@ -110,7 +110,7 @@ def _triton_forward(q, k, v, causal):
 
     precision = tf._input_precision(q.dtype)
     with tf._device_guard(q):
-        out, lse2 = tf._forward(q, k, v, causal, precision)
+        out, lse2 = tf._forward(q, k, v, causal, tf._mask_args(None, k.shape[2], q.device), precision)
     return out, lse2, ()
 
 
@@ -118,7 +118,8 @@ def _triton_backward(do, q, k, v, out, lse2, aux, causal):
     from . import triton_flash as tf
 
     with tf._device_guard(q):
-        return tf._backward(q, k, v, out, lse2, do, causal, tf._input_precision(q.dtype))
+        return tf._backward(q, k, v, out, lse2, do, causal, tf._mask_args(None, k.shape[2], q.device),
+                            tf._input_precision(q.dtype))
 
 
 def _triton_reason(device: torch.device, dtype: torch.dtype) -> str | None:
