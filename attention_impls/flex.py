@@ -92,10 +92,10 @@ def _unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if _FLEX_MISSING is not None:
         return _FLEX_MISSING
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "flex on CUDA needs a CUDA GPU, and torch sees none"
         if dtype == torch.float64:
             return "flex's generated Triton kernels run fp16, bf16 and fp32, not float64"
+        if not torch.cuda.is_available():
+            return "flex on CUDA needs a CUDA GPU, and torch sees none"
         return None
     if device.type != "cpu":
         return f"flex runs on CUDA (compiled) or CPU (eager), not {device.type}"
