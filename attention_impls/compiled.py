@@ -13,7 +13,7 @@ import functools
 import torch
 
 from .masks import MASK_KINDS
-from .registry import register
+from .registry import lse_row_bytes, register
 from .torch_softmax import torch_softmax_attention
 
 #: graphs dynamo may keep per compiled function: enough for every cell of the largest preset.
@@ -45,6 +45,8 @@ register(
     # backward); masked, it keeps the softmax output and the bool mask. GPU may decide otherwise.
     saved_nxn=0,
     saved_nxn_causal=1,
+    saves_output=True,
+    saved_row_bytes=lse_row_bytes,  # unmasked: one row statistic, fp32 (fp64 for fp64 inputs)
     saves_causal_mask=True,
     masks=MASK_KINDS,
     gqa=True,
