@@ -6,6 +6,8 @@ from . import torch_softmax  # noqa: F401
 from . import weights_only  # noqa: F401
 from . import tiled  # noqa: F401
 from . import sdpa  # noqa: F401
+from . import compiled  # noqa: F401
+from . import flex  # noqa: F401
 from .reference import reference
 from .registry import FLOAT_DTYPES, VARIANTS, Variant, get_variant, register, softmax_scale, validate_inputs
 from .tiled import DEFAULT_BLOCK_SIZE, tiled_attention

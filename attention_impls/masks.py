@@ -117,6 +117,30 @@ def validate_mask(mask: object, seq_q: int, seq_k: int, *, causal: bool = False)
         raise ValueError(f"prefix_lm prefix must lie in [0, {seq_k}], got {mask.prefix}")
 
 
+def mask_kind(mask: MaskSpec | None) -> str | None:
+    """The spec's kind (one of MASK_KINDS), or None for no mask."""
+    return None if mask is None else mask.kind
+
+
+def visible(mask: MaskSpec | None, causal: bool, i: torch.Tensor, j: torch.Tensor,
+            doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """True where query position ``i`` may see key position ``j`` (broadcasting integer tensors).
+
+    The one predicate behind :func:`dense_mask`, the blockwise masks of ``tiled`` and flex's ``mask_mod``.
+    ``doc_ids`` (:meth:`Document.ids`, on the indices' device) is needed for a document mask.
+    """
+    ok = j <= i if causal else torch.ones_like(i == j)
+    if isinstance(mask, SlidingWindow):
+        ok = ok & ((i - j).abs() < mask.window)
+    elif isinstance(mask, Document):
+        if doc_ids is None:
+            raise ValueError("a document mask needs doc_ids (Document.ids) to say which positions share a document")
+        ok = ok & (doc_ids[i] == doc_ids[j])
+    elif isinstance(mask, PrefixLM):
+        ok = ok & ((j < mask.prefix) | (j <= i))
+    return ok
+
+
 def dense_mask(mask: MaskSpec | None, seq_q: int, seq_k: int, *, causal: bool = False,
                device: torch.device | str | None = None) -> torch.Tensor | None:
     """The boolean (seq_q, seq_k) mask, True where query i may see key j; None when nothing is masked."""
@@ -125,17 +149,8 @@ def dense_mask(mask: MaskSpec | None, seq_q: int, seq_k: int, *, causal: bool = 
         return None
     i = torch.arange(seq_q, device=device).unsqueeze(1)
     j = torch.arange(seq_k, device=device).unsqueeze(0)
-    visible = torch.ones(seq_q, seq_k, dtype=torch.bool, device=device)
-    if causal:
-        visible &= j <= i
-    if isinstance(mask, SlidingWindow):
-        visible &= (i - j).abs() < mask.window
-    elif isinstance(mask, Document):
-        ids = mask.ids(device)
-        visible &= ids.unsqueeze(1) == ids.unsqueeze(0)
-    elif isinstance(mask, PrefixLM):
-        visible &= (j < mask.prefix) | (j <= i)
-    return visible
+    doc_ids = mask.ids(device) if isinstance(mask, Document) else None
+    return visible(mask, causal, i, j, doc_ids).expand(seq_q, seq_k).contiguous()
 
 
 def visible_pairs(mask: MaskSpec | None, seq_q: int, seq_k: int, *, causal: bool = False) -> int:

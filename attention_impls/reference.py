@@ -6,30 +6,32 @@ from collections.abc import Callable
 
 import torch
 
-from .registry import Variant, causal_mask, softmax_scale, validate_inputs
+from .registry import Variant, expand_kv, softmax_scale, validate_inputs, visible_mask
 
 
 def reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, mask=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Float64 attention on the inputs' device.
 
-    q (batch, heads, seq_q, head_dim), k and v (batch, heads, seq_k, head_dim).
+    q (batch, heads, seq_q, head_dim), k and v (batch, heads_kv, seq_k, head_dim) with heads % heads_kv == 0
+    (query head h reads k/v head h // (heads // heads_kv)); ``mask`` a spec of ``attention_impls.masks``,
+    AND-ed with ``causal``.
     Returns ``(out, lse)``: out (batch, heads, seq_q, head_dim) and the natural-log
     log-sum-exp of the scaled, masked scores, lse (batch, heads, seq_q), both float64.
     Differentiable: gradients flow back to q, k and v in their own dtype.
     """
-    validate_inputs(q, k, v, causal=causal)
-    q64, k64, v64 = q.double(), k.double(), v.double()
-    scores = (q64 @ k64.transpose(-2, -1)) * softmax_scale(q.shape[-1])
-    if causal:
-        scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+    validate_inputs(q, k, v, causal=causal, mask=mask)
+    q64 = q.double()
+    k64, v64 = expand_kv(k.double(), q.shape[1]), expand_kv(v.double(), q.shape[1])
+    scores = _masked_scores(q64, k64, causal, mask)
     lse = torch.logsumexp(scores, dim=-1)
     out = torch.exp(scores - lse.unsqueeze(-1)) @ v64
     return out, lse
 
 
-def blocked_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+def blocked_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                      mask=None) -> torch.Tensor:
     """Float64 attention without any (seq_q, seq_k) tensor: the ``tiled`` algorithm run in float64.
 
     For judging a variant at shapes where :func:`reference`'s n×n scores would not fit. Returns out
@@ -37,47 +39,50 @@ def blocked_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
     """
     from .tiled import tiled_attention
 
-    validate_inputs(q, k, v, causal=causal)
-    return tiled_attention(q.double(), k.double(), v.double(), causal=causal)
+    validate_inputs(q, k, v, causal=causal, mask=mask)
+    return tiled_attention(q.double(), k.double(), v.double(), causal=causal, mask=mask)
 
 
-def _masked_scores(q: torch.Tensor, k: torch.Tensor, causal: bool) -> torch.Tensor:
+def _masked_scores(q: torch.Tensor, k: torch.Tensor, causal: bool, mask=None) -> torch.Tensor:
+    """Scaled scores of q against k (k already expanded to q's heads), -inf where causal or the mask hides."""
     scores = (q @ k.transpose(-2, -1)) * softmax_scale(q.shape[-1])
-    if causal:
-        scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
-    return scores
+    visible = visible_mask(q, k, causal, mask)
+    return scores if visible is None else scores.masked_fill(~visible, float("-inf"))
 
 
-def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                    mask=None) -> torch.Tensor:
     """The plain computation in the inputs' own precision (scores, softmax in fp32, weights @ V; autograd's
-    backward): the yardstick of flash-attention's tolerance rule for variants that keep the weights."""
-    validate_inputs(q, k, v, causal=causal)
-    return torch.softmax(_masked_scores(q, k, causal).float(), dim=-1).to(q.dtype) @ v
+    backward): the yardstick of flash-attention's tolerance rule for variants that keep the weights.
+    GQA by expanding k and v (autograd sums their gradients over each group)."""
+    validate_inputs(q, k, v, causal=causal, mask=mask)
+    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+    return torch.softmax(_masked_scores(q, k, causal, mask).float(), dim=-1).to(q.dtype) @ v
 
 
 class _PlainFromOutputAndLse(torch.autograd.Function):
     """The plain forward; the backward that a variant keeping only O and the log-sum-exp can do, done plainly."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool):
-        lse = torch.logsumexp(_masked_scores(q, k, causal).float(), dim=-1, keepdim=True)  # fp32, as the softmax
-        out = torch.softmax(_masked_scores(q, k, causal).float(), dim=-1).to(q.dtype) @ v
+    def forward(ctx, q, k, v, causal: bool, mask):
+        lse = torch.logsumexp(_masked_scores(q, k, causal, mask).float(), dim=-1, keepdim=True)  # fp32, as the softmax
+        out = torch.softmax(_masked_scores(q, k, causal, mask).float(), dim=-1).to(q.dtype) @ v
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal = causal
+        ctx.causal, ctx.mask = causal, mask
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        probs = torch.exp(_masked_scores(q, k, ctx.causal).to(lse.dtype) - lse)  # P from the kept LSE
+        probs = torch.exp(_masked_scores(q, k, ctx.causal, ctx.mask).to(lse.dtype) - lse)  # P from the kept LSE
         grad_probs = (grad_out @ v.transpose(-2, -1)).to(lse.dtype)
         delta = (grad_out.to(lse.dtype) * out.to(lse.dtype)).sum(dim=-1, keepdim=True)  # D from the kept O
         grad_scores = (probs * (grad_probs - delta)).to(q.dtype) * softmax_scale(q.shape[-1])
-        return grad_scores @ k, grad_scores.transpose(-2, -1) @ q, probs.to(v.dtype).transpose(-2, -1) @ grad_out, None
+        return grad_scores @ k, grad_scores.transpose(-2, -1) @ q, probs.to(v.dtype).transpose(-2, -1) @ grad_out, None, None
 
 
 def plain_attention_from_output_and_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                                        causal: bool = False) -> torch.Tensor:
+                                        causal: bool = False, mask=None) -> torch.Tensor:
     """The plain computation, with the backward of a variant that keeps no n×n tensor: P recomputed from
     the log-sum-exp (kept in fp32), D = rowsum(dO * O) from the output in its own dtype.
 
@@ -87,10 +92,11 @@ def plain_attention_from_output_and_lse(q: torch.Tensor, k: torch.Tensor, v: tor
     backward can be tens of times its error where the logits are peaky (docs/triton_flash.md, "Backward
     accuracy", has the numbers).
     """
-    validate_inputs(q, k, v, causal=causal)
-    return _PlainFromOutputAndLse.apply(q, k, v, causal)
+    validate_inputs(q, k, v, causal=causal, mask=mask)
+    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])  # outside the Function: autograd sums the groups
+    return _PlainFromOutputAndLse.apply(q, k, v, causal, mask)
 
 
-def plain_yardstick(variant: Variant, causal: bool = False) -> Callable[..., torch.Tensor]:
+def plain_yardstick(variant: Variant, causal: bool = False, mask=None) -> Callable[..., torch.Tensor]:
     """The plain computation ``variant`` is judged against: the backward it can do, done plainly."""
-    return plain_attention_from_output_and_lse if variant.nxn_saved(causal) == 0 else plain_attention
+    return plain_attention_from_output_and_lse if variant.nxn_saved(causal, mask) == 0 else plain_attention

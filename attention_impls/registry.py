@@ -2,16 +2,23 @@
 
 Every variant computes scaled dot-product attention with the same contract:
 
-    fn(q, k, v, *, causal=False) -> out
+    fn(q, k, v, *, causal=False, mask=None) -> out
 
     q    (batch, heads, seq_q, head_dim)
-    k, v (batch, heads, seq_k, head_dim)
+    k, v (batch, heads_kv, seq_k, head_dim)   heads % heads_kv == 0
     out  (batch, heads, seq_q, head_dim), in the inputs' dtype
 
 The softmax scale is ``1/sqrt(head_dim)``. ``causal=True`` means what
 ``F.scaled_dot_product_attention(..., is_causal=True)`` means: query ``i`` sees keys
 ``j <= i`` (top-left aligned), also when ``seq_q != seq_k``. Every query row sees key 0,
 so no row is ever fully masked.
+
+``mask`` is None or a spec from :mod:`attention_impls.masks` (sliding_window, document, prefix_lm),
+AND-ed with ``causal``; masks need ``seq_q == seq_k``. With ``heads_kv < heads`` (grouped-query
+attention; multi-query at ``heads_kv == 1``) query head ``h`` uses k/v head ``h // (heads // heads_kv)``,
+as ``F.scaled_dot_product_attention(..., enable_gqa=True)``; the gradients of k and v sum over the
+query heads that share them. A variant declares the mask kinds it supports (``masks``) and whether it
+takes ``heads_kv < heads`` (``gqa``); anything else is refused with a ValueError saying so.
 
 Variants register themselves with :func:`register`; :data:`VARIANTS` maps name to
 :class:`Variant`. A variant carries metadata (what it keeps for backward, where it runs);
@@ -26,12 +33,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .masks import MASK_KINDS, dense_mask, validate_mask
+
 #: dtypes any variant may be asked to run in; a variant narrows this with ``dtypes``.
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 Impl = Callable[..., torch.Tensor]
 Availability = Callable[[torch.device, torch.dtype], "str | None"]
 ShapeCheck = Callable[..., "str | None"]
+Prepare = Callable[..., object]
 
 
 def _always_available(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -53,9 +63,9 @@ class Variant:
 
     What autograd keeps (measured by ``attnbench.census``; a test asserts declared == measured):
       ``saved_nxn``         (batch, heads, seq_q, seq_k)-sized tensors kept for backward, non-causal;
-      ``saved_nxn_causal``  the same for ``causal=True`` where it differs;
+      ``saved_nxn_causal``  the same when masked (``causal=True`` or a mask) where it differs;
       ``saves_output``      whether O is among the saved tensors;
-      ``saves_causal_mask`` whether a (seq_q, seq_k) bool mask is saved (causal only);
+      ``saves_causal_mask`` whether a (seq_q, seq_k) bool mask is saved (when masked);
       ``saved_row_bytes``   bytes per query row kept besides inputs and output, as a function of the
                             element size (a log-sum-exp: 4, or 8 in fp64).
     What the memory model adds, from GPU measurements (``attnbench.memory_model``):
@@ -65,7 +75,11 @@ class Variant:
       ``live_q_buffers``          q-sized buffers the forward leaves alive besides the saved ones.
     Where it runs: ``dtypes``, ``max_head_dim``, ``head_dim_multiple``, ``availability(device,
     dtype)`` (None or why not), ``shape_check(q, k, v, causal)`` (None or why a kernel with shape
-    limits of its own refuses these tensors), and ``cpu_interpreted``: a GPU kernel that runs on CPU
+    limits of its own refuses these tensors), ``masks`` (the mask kinds of ``attention_impls.masks`` it
+    supports, AND-ed with causal; none by default), ``gqa`` (whether k and v may have fewer heads than q;
+    False by default), ``prepare(seq_len, causal, mask, device)`` (an optional per-cell setup, such as
+    building a block mask, that the benchmark runs and times once, outside the timed calls), ``expands_kv``
+    (with GQA, whether autograd keeps k and v expanded to every query head), and ``cpu_interpreted``: a GPU kernel that runs on CPU
     only in an interpreter, correct but too slow to time, so the CPU grid leaves it out unless asked.
     """
 
@@ -87,12 +101,27 @@ class Variant:
     head_dim_multiple: int = 1
     availability: Availability = field(default=_always_available, repr=False)
     shape_check: ShapeCheck | None = field(default=None, repr=False)
+    masks: frozenset[str] = frozenset()
+    gqa: bool = False
+    expands_kv: bool = False
+    prepare: Prepare | None = field(default=None, repr=False)
 
-    def nxn_saved(self, causal: bool = False) -> int:
-        """n×n tensors kept for backward for this masking mode."""
-        if causal and self.saved_nxn_causal is not None:
+    def nxn_saved(self, causal: bool = False, mask: object = None) -> int:
+        """n×n tensors kept for backward for this masking mode (a mask counts as masked, like causal)."""
+        if (causal or mask is not None) and self.saved_nxn_causal is not None:
             return self.saved_nxn_causal
         return self.saved_nxn
+
+    def support_reason(self, mask: object = None, *, heads: int = 1, heads_kv: int | None = None) -> str | None:
+        """None when the variant supports this mask (a spec or a kind name) and heads_kv; else why not."""
+        kind = mask if isinstance(mask, str) or mask is None else getattr(mask, "kind", type(mask).__name__)
+        if kind is not None and kind not in self.masks:
+            supported = ", ".join(sorted(self.masks)) or "none (causal only)"
+            return f"{self.name} does not support {kind} masks; its masks: {supported}"
+        if heads_kv is not None and heads_kv != heads and not self.gqa:
+            return (f"{self.name} does not support grouped-query attention (k/v with {heads_kv} heads for "
+                    f"{heads} query heads): it needs heads_kv == heads")
+        return None
 
     def unavailable_reason(self, device: torch.device | str, dtype: torch.dtype) -> str | None:
         """None when the variant can run on ``device`` in ``dtype``; else a sentence saying why not."""
@@ -109,24 +138,28 @@ class Variant:
             return f"{self.name} needs head_dim to be a multiple of {self.head_dim_multiple}, got {head_dim}"
         return None
 
-    def shape_reason(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> str | None:
+    def shape_reason(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                     mask: object = None) -> str | None:
         """None when this variant accepts these (already valid) inputs; else a sentence saying why not."""
-        reason = self.check_head_dim(q.shape[-1])
+        reason = self.check_head_dim(q.shape[-1]) or self.support_reason(mask, heads=q.shape[1], heads_kv=k.shape[1])
         if reason is None and self.shape_check is not None:
-            reason = self.shape_check(q, k, v, causal)
+            reason = self.shape_check(q, k, v, causal) if mask is None else self.shape_check(q, k, v, causal, mask)
         return reason
 
-    def fn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    def fn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+           mask: object = None) -> torch.Tensor:
         """Attention of ``q`` over ``k``/``v`` (shapes in the module docstring)."""
-        validate_inputs(q, k, v, causal=causal)
+        validate_inputs(q, k, v, causal=causal, mask=mask)
         reason = self.unavailable_reason(q.device, q.dtype)
         if reason is not None:
             exc = TypeError if q.dtype not in self.dtypes else ValueError
             raise exc(reason)
-        reason = self.shape_reason(q, k, v, causal=causal)
+        reason = self.shape_reason(q, k, v, causal=causal, mask=mask)
         if reason is not None:
             raise ValueError(reason)
-        return self.impl(q, k, v, causal=causal)
+        if mask is None:  # implementations registered before masks take no mask argument
+            return self.impl(q, k, v, causal=causal)
+        return self.impl(q, k, v, causal=causal, mask=mask)
 
     __call__ = fn
 
@@ -135,11 +168,17 @@ VARIANTS: dict[str, Variant] = {}
 
 
 def register(name: str, *, saved_nxn: int, **metadata) -> Callable[[Impl], Impl]:
-    """Decorator: register ``impl(q, k, v, *, causal)`` as variant ``name``."""
+    """Decorator: register ``impl(q, k, v, *, causal[, mask])`` as variant ``name`` (``mask`` is passed only
+    when not None, so an implementation that supports no masks need not take it)."""
 
     def decorate(impl: Impl) -> Impl:
         if name in VARIANTS:
             raise ValueError(f"variant {name!r} is already registered")
+        if "masks" in metadata:
+            unknown = set(metadata["masks"]) - set(MASK_KINDS)
+            if unknown:
+                raise ValueError(f"variant {name!r}: unknown mask kinds {sorted(unknown)}; known: {', '.join(MASK_KINDS)}")
+            metadata["masks"] = frozenset(metadata["masks"])
         description = metadata.pop("description", None) or (impl.__doc__ or "").strip().splitlines()[0]
         VARIANTS[name] = Variant(name=name, impl=impl, saved_nxn=saved_nxn, description=description, **metadata)
         return impl
@@ -155,7 +194,8 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"unknown attention variant {name!r}; registered: {', '.join(VARIANTS)}") from None
 
 
-def validate_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> None:
+def validate_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                    mask: object = None) -> None:
     """Raise ``TypeError``/``ValueError`` for anything outside the contract in the module docstring."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -174,15 +214,27 @@ def validate_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     batch, heads, seq_q, head_dim = q.shape
     for name, t in (("k", k), ("v", v)):
-        if (t.shape[0], t.shape[1], t.shape[3]) != (batch, heads, head_dim):
+        if (t.shape[0], t.shape[3]) != (batch, head_dim):
             raise ValueError(
-                f"{name} must match q in batch, heads and head_dim: expected ({batch}, {heads}, seq_k, {head_dim}), "
+                f"{name} must match q in batch and head_dim: expected ({batch}, heads_kv, seq_k, {head_dim}), "
                 f"got {tuple(t.shape)}"
             )
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k and v must have the same heads_kv, got {k.shape[1]} and {v.shape[1]}")
     if k.shape[2] != v.shape[2]:
         raise ValueError(f"k and v must have the same seq_k, got {k.shape[2]} and {v.shape[2]}")
-    if min(batch, heads, seq_q, k.shape[2], head_dim) < 1:
+    if min(batch, heads, seq_q, k.shape[1], k.shape[2], head_dim) < 1:
         raise ValueError(f"every dimension must be at least 1, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if heads % k.shape[1]:
+        raise ValueError(f"q's heads ({heads}) must be a multiple of k's and v's heads_kv ({k.shape[1]}): "
+                         "each group of heads // heads_kv query heads shares one k/v head")
+    validate_mask(mask, seq_q, k.shape[2], causal=causal)
+
+
+def expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """k or v (batch, heads_kv, seq, head_dim) repeated to ``heads`` heads: query head h reads kv head
+    h // (heads // heads_kv). Differentiable (the gradient sums over each group); no copy when equal."""
+    return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
 
 
 def softmax_scale(head_dim: int) -> float:
@@ -193,3 +245,8 @@ def softmax_scale(head_dim: int) -> float:
 def causal_mask(seq_q: int, seq_k: int, device: torch.device) -> torch.Tensor:
     """Boolean (seq_q, seq_k) mask, True where query i may attend key j (j <= i, top-left aligned)."""
     return torch.ones(seq_q, seq_k, dtype=torch.bool, device=device).tril()
+
+
+def visible_mask(q: torch.Tensor, k: torch.Tensor, causal: bool, mask: object = None) -> torch.Tensor | None:
+    """Boolean (seq_q, seq_k) mask of what each query sees (causal AND mask), or None when nothing is masked."""
+    return dense_mask(mask, q.shape[2], k.shape[2], causal=causal, device=q.device)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .registry import lse_row_bytes, register
+from .masks import MASK_KINDS
+from .registry import lse_row_bytes, register, visible_mask
 
 
 def _needs_cuda(device: torch.device, dtype: torch.dtype, *, backend: str) -> str | None:
@@ -47,7 +48,7 @@ _LIMITS = {
 }
 
 
-def _shape_reason(q, k, v, causal: bool, *, backend: SDPBackend) -> str | None:
+def _shape_reason(q, k, v, causal: bool, mask=None, *, backend: SDPBackend) -> str | None:
     """Why SDPA would refuse this backend for these tensors, or None (CUDA only; CPU is tried)."""
     check_name = _CUDA_CHECKS.get(backend)
     if q.device.type != "cuda" or check_name is None:
@@ -55,7 +56,8 @@ def _shape_reason(q, k, v, causal: bool, *, backend: SDPBackend) -> str | None:
     check = getattr(torch.backends.cuda, check_name, None)
     if check is None:
         return None
-    params = torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, causal, False)
+    attn_mask, is_causal = _sdpa_mask(q, k, causal, mask)
+    params = torch.backends.cuda.SDPAParams(q, k, v, attn_mask, 0.0, is_causal, k.shape[1] != q.shape[1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ok = check(params, True)
@@ -66,10 +68,20 @@ def _shape_reason(q, k, v, causal: bool, *, backend: SDPBackend) -> str | None:
             f"{str(q.dtype).removeprefix('torch.')}, causal={causal}: {why}")
 
 
-def _sdpa(q, k, v, *, causal: bool = False, backend: SDPBackend) -> torch.Tensor:
+def _sdpa_mask(q, k, causal: bool, mask) -> tuple[torch.Tensor | None, bool]:
+    """SDPA's (attn_mask, is_causal): causal alone stays is_causal; a mask becomes an explicit boolean
+    mask with causal folded in (SDPA takes one or the other)."""
+    if mask is None:
+        return None, causal
+    return visible_mask(q, k, causal, mask), False
+
+
+def _sdpa(q, k, v, *, causal: bool = False, mask=None, backend: SDPBackend) -> torch.Tensor:
+    attn_mask, is_causal = _sdpa_mask(q, k, causal, mask)
     with sdpa_kernel(backend):
         try:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                                  enable_gqa=k.shape[1] != q.shape[1])
         except RuntimeError as exc:  # a refusal the shape check did not foresee (e.g. on CPU)
             if "No viable backend" in str(exc) or "No available kernel" in str(exc):
                 raise ValueError(
@@ -81,6 +93,9 @@ def _sdpa(q, k, v, *, causal: bool = False, backend: SDPBackend) -> torch.Tensor
 register(
     "sdpa_math",
     saved_nxn=1,
+    masks=MASK_KINDS,  # an explicit boolean mask
+    gqa=True,  # enable_gqa: the math backend repeats k and v to every query head
+    expands_kv=True,
     backward_nxn=3,  # measured: 3.00 n×n on the GPU
     live_q_buffers=2,  # measured on CUDA: two more q-sized buffers alive after the forward
     description="F.scaled_dot_product_attention, MATH backend (PyTorch ops, runs anywhere)",
@@ -92,6 +107,8 @@ register(
     saved_row_bytes=lse_row_bytes,
     backward_fp32_q_buffers=1,  # measured: its fp32 dq accumulator, head_dim padded to at least 64
     saves_output=True,
+    masks=MASK_KINDS,  # attn_mask: a boolean (seq, seq) mask read by the kernel, no block skipping
+    gqa=True,  # enable_gqa, where PyTorch's check accepts it (said by the shape check otherwise)
     dtypes=(torch.float16, torch.bfloat16, torch.float32),
     availability=partial(_needs_cuda, backend="efficient"),
     description="F.scaled_dot_product_attention, memory-efficient backend (CUDA; fp32 too)",
@@ -103,6 +120,7 @@ register(
     saved_nxn=0,
     saved_row_bytes=lse_row_bytes,
     saves_output=True,
+    gqa=True,  # enable_gqa; causal is its only mask
     max_head_dim=256,
     availability=partial(_half_only_on_cuda, backend="flash"),
     description="F.scaled_dot_product_attention, FlashAttention-2 backend (CUDA fp16/bf16; CPU any float)",
@@ -114,6 +132,7 @@ register(
     saved_nxn=0,
     saved_row_bytes=lse_row_bytes,
     saves_output=True,
+    gqa=True,  # enable_gqa; causal is its only mask
     availability=partial(_cuda_half_only, backend="cuDNN"),
     description="F.scaled_dot_product_attention, cuDNN backend (CUDA fp16/bf16)",
     shape_check=partial(_shape_reason, backend=SDPBackend.CUDNN_ATTENTION),

@@ -108,13 +108,14 @@ def _forward_backward(fn: Callable, q, k, v, grad_out) -> tuple[torch.Tensor, ..
 
 
 def measure(attention: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_out: torch.Tensor, *,
-            causal: bool, plain_fits: bool, yardstick: Callable = plain_attention) -> Accuracy:
+            causal: bool, plain_fits: bool, yardstick: Callable = plain_attention, mask=None) -> Accuracy:
     """Errors of ``attention(q, k, v)`` and its gradients for ``grad_out`` (see the module docstring);
-    ``yardstick`` is the plain computation to judge by (``attention_impls.reference.plain_yardstick``)."""
+    ``yardstick`` is the plain computation to judge by (``attention_impls.reference.plain_yardstick``); ``mask``
+    the cell's mask spec, AND-ed with ``causal`` in the reference and the yardstick as in the variant."""
     got = _forward_backward(attention, q, k, v, grad_out)
-    ref = _forward_backward(lambda *a: blocked_reference(*a, causal=causal), q, k, v, grad_out.double())
+    ref = _forward_backward(lambda *a: blocked_reference(*a, causal=causal, mask=mask), q, k, v, grad_out.double())
     ref = tuple(t.double() for t in ref)
-    plain = (_forward_backward(lambda *a: yardstick(*a, causal=causal), q, k, v, grad_out)
+    plain = (_forward_backward(lambda *a: yardstick(*a, causal=causal, mask=mask), q, k, v, grad_out)
              if plain_fits else (None,) * len(TENSORS))
     scale = max([1.0] + [t.detach().abs().max().item() for t in (q, k, v, grad_out, *ref)])
     floor = FLOOR_ULPS * torch.finfo(q.dtype).eps * scale

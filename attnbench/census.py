@@ -84,9 +84,12 @@ def take_census(
 
 
 def census_of_attention(
-    fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
+    fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+    mask=None,
 ) -> Census:
-    """Census of ``fn(q, k, v, causal=causal)``; n×n means batch·heads·seq_q·seq_k elements or more."""
+    """Census of ``fn(q, k, v, causal=causal[, mask=mask])``; n×n means batch·heads·seq_q·seq_k elements or more
+    (heads: q's, also under GQA). ``mask`` is passed only when given, as ``Variant.fn`` passes it to impls."""
     batch, heads, seq_q, _ = q.shape
-    census, _ = take_census(lambda: fn(q, k, v, causal=causal), nxn_elements=batch * heads * seq_q * k.shape[2])
+    kwargs = {"causal": causal} if mask is None else {"causal": causal, "mask": mask}
+    census, _ = take_census(lambda: fn(q, k, v, **kwargs), nxn_elements=batch * heads * seq_q * k.shape[2])
     return census

@@ -2,9 +2,10 @@
 
 For a variant, before backward (inputs and output live, graph built) the allocator holds
 
-    inputs   3 · B·H·S·D · e          q, k, v
+    inputs   (H + 2·Hkv) · B·S·D · e  q, and k, v with Hkv heads (Hkv = H without GQA)
     output   B·H·S·D · e
-    saved    saved_nxn · B·H·S·S · e  (+ the causal bool mask, S·S bytes, where it is saved)
+    saved    saved_nxn · B·H·S·S · e  (+ the bool mask, S·S bytes, where one is saved: causal or a mask)
+             + 2 · B·H·S·D · e        (GQA, variants that expand k and v to every query head: ``expands_kv``)
              + saved_row_bytes(e) · B·H·S       (log-sum-exp and the like)
     live     live_q_buffers · B·H·S·D · e     (buffers the forward keeps alive unsaved)
 
@@ -60,23 +61,32 @@ def predict(
     dtype: torch.dtype,
     causal: bool = False,
     seq_k: int | None = None,
+    heads_kv: int | None = None,
+    mask=None,
 ) -> MemoryPrediction:
     """Predicted bytes before backward and at the backward peak (see the module docstring)."""
     var = _as_variant(variant)
     sizes = (("batch", batch), ("heads", heads), ("seq_len", seq_len), ("head_dim", head_dim))
-    for name, value in sizes + ((("seq_k", seq_k),) if seq_k is not None else ()):
+    optional = (("seq_k", seq_k), ("heads_kv", heads_kv))
+    for name, value in sizes + tuple((n, v) for n, v in optional if v is not None):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     seq_k = seq_len if seq_k is None else seq_k
+    heads_kv = heads if heads_kv is None else heads_kv
+    if heads % heads_kv:
+        raise ValueError(f"heads_kv ({heads_kv}) must divide heads ({heads})")
+    masked = causal or mask is not None
     elem = torch.empty((), dtype=dtype).element_size()
     rows = batch * heads * seq_len
     q_bytes = rows * head_dim * elem
-    kv_bytes = 2 * batch * heads * seq_k * head_dim * elem
+    kv_bytes = 2 * batch * heads_kv * seq_k * head_dim * elem
     nxn_bytes = rows * seq_k * elem
-    mask_bytes = seq_len * seq_k if causal and var.saves_causal_mask else 0
-    saved_extra = var.nxn_saved(causal) * nxn_bytes + mask_bytes + var.saved_row_bytes(elem) * rows
+    mask_bytes = seq_len * seq_k if masked and var.saves_causal_mask else 0
+    expanded_kv = 2 * batch * heads * seq_k * head_dim * elem if heads_kv != heads and var.expands_kv else 0
+    saved_extra = (var.nxn_saved(causal, mask) * nxn_bytes + mask_bytes + var.saved_row_bytes(elem) * rows
+                   + expanded_kv)
     inputs, output = q_bytes + kv_bytes, q_bytes
     before = inputs + output + saved_extra + var.live_q_buffers * q_bytes
     v_bytes = kv_bytes // 2

@@ -18,6 +18,7 @@ from .grid import (
     parse_causal,
     parse_device,
     parse_dtypes,
+    parse_masks,
     parse_factor,
     parse_percent,
     parse_positive_int,
@@ -57,9 +58,16 @@ VALUE_OPTIONS = [
     ("seq-lens", parse_positive_ints, "N,N", "sequence lengths (default: the preset's)"),
     ("head-dims", parse_positive_ints, "D,D", "head dimensions (default: the preset's)"),
     ("batch", parse_positive_int, "B", "batch size (default: the preset's)"),
-    ("heads", parse_positive_int, "H", "number of heads (default: the preset's)"),
+    ("heads", parse_positive_int, "H", "number of (query) heads (default: the preset's)"),
+    ("heads-kv", parse_positive_ints, "N,N",
+     "numbers of k/v heads, each dividing heads: below heads is grouped-query attention, 1 multi-query "
+     "(default: the preset's, else heads)"),
     ("dtypes", parse_dtypes, "DT,DT", f"dtypes among {', '.join(DTYPES)} (default: the preset's)"),
     ("causal", parse_causal, "BOOL,BOOL", "false, true or false,true (default: the preset's)"),
+    ("masks", parse_masks, "LABEL,LABEL",
+     "mask labels, e.g. none,causal,causal sliding_window:1024,causal document:8,prefix_lm:0.25 (document "
+     "lengths drawn from a fixed seed; prefix_lm takes a fraction of seq_len or a prefix length); each label "
+     "sets the cell's causal flag too, so it replaces --attn-causal (default: the preset's)"),
     ("timing", parse_timing, "MODE",
      f"{', '.join(TIMING_MODES)}: the GPU's execution (host launches hidden), host wall clock with a "
      f"synchronize (launches included), or CUDA-graph replay (default: {DEFAULT_TIMING})"),

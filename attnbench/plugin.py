@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from . import options
-from .grid import AXES, DEFAULT_CPU_PRESET, DEFAULT_CUDA_PRESET, Cell, expand
+from .grid import AXES, DEFAULT_CPU_PRESET, DEFAULT_CUDA_PRESET, Cell, cell_reason, expand
 from .record import (
     PER_PROCESS_MACHINE_KEYS,
     CellRecord,
@@ -104,10 +104,14 @@ def _build_session(config: pytest.Config) -> AttnSession:
         raise pytest.UsageError("--attn-timing cudagraph needs CUDA (on CPU use device or wall)")
     if device == "cpu" and timing.flush_l2:
         raise pytest.UsageError("--attn-flush-l2 flushes a GPU's L2 cache and needs CUDA")
-    cells, left_out = expand(
-        device, preset, variants=opts["variants"], seq_lens=opts["seq-lens"], head_dims=opts["head-dims"],
-        batch=opts["batch"], heads=opts["heads"], dtypes=opts["dtypes"], causal=opts["causal"],
-    )
+    try:
+        cells, left_out = expand(
+            device, preset, variants=opts["variants"], seq_lens=opts["seq-lens"], head_dims=opts["head-dims"],
+            batch=opts["batch"], heads=opts["heads"], dtypes=opts["dtypes"], causal=opts["causal"],
+            heads_kv=opts["heads-kv"], masks=opts["masks"],
+        )
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     return AttnSession(
         device=device, preset=preset, cells=cells, left_out=left_out, timing=timing,
         timing_check=opts["timing-check"], memory_compare_fail=opts["memory-compare-fail"], plants=_plants(),
@@ -197,8 +201,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     s = attn_session(metafunc.config)
     params = []
     for cell in s.cells:
-        variant = VARIANTS[cell.variant]
-        reason = variant.unavailable_reason(cell.device, cell.torch_dtype) or variant.check_head_dim(cell.head_dim)
+        reason = cell_reason(VARIANTS[cell.variant], cell)
         marks = [pytest.mark.skip(reason=f"{cell.variant} unavailable: {reason}")] if reason else []
         params.append(pytest.param(*cell.params().values(), id=cell.key, marks=marks))
     metafunc.parametrize(AXES, params)
@@ -272,10 +275,10 @@ def _guard_saving(bs, s: AttnSession) -> None:
 
 
 @pytest.fixture
-def attn_cell(request, variant, seq_len, head_dim, batch, heads, dtype, causal) -> Cell:
+def attn_cell(request, variant, seq_len, head_dim, batch, heads, heads_kv, dtype, causal, mask) -> Cell:
     """The grid cell of this benchmark (its axes are the benchmark's parameters)."""
-    return Cell(variant=variant, seq_len=seq_len, head_dim=head_dim, batch=batch, heads=heads, dtype=dtype,
-                causal=causal, device=attn_session(request.config).device)
+    return Cell(variant=variant, seq_len=seq_len, head_dim=head_dim, batch=batch, heads=heads, heads_kv=heads_kv,
+                dtype=dtype, causal=causal, mask=mask, device=attn_session(request.config).device)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = triton_flash.precompile(args.head_dims or preset.head_dims, dtypes,
-                                         causal=args.causal or preset.causal, workers=args.workers)
+                                         causal=args.causal or preset.causal_values(), workers=args.workers)
     except (TypeError, ValueError) as exc:
         print(f"attnbench precompile: {exc}", file=sys.stderr)
         return 2

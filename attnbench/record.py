@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .accuracy import TENSORS, Accuracy, TensorError
-from .grid import AXES, DTYPES, Cell, cell_key
+from .grid import AXES, DTYPES, LATER_AXES, NO_MASK, Cell, axis_defaults, cell_key
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -69,8 +69,10 @@ REQUIRED_STATS = ("min", "max", "mean", "median", "q1", "q3", "iqr")
 RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_reason", "shard", "cells")
 #: ``world_size``: the ranks one measurement ran across (``attnbench cp``); absent in a single-process run.
 OPTIONAL_RUN_KEYS = ("world_size",)
-#: a cell's ``shard``: in a merged run, the index of the shard that measured it.
-CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy", "shard")
+#: a cell's ``shard``: in a merged run, the index of the shard that measured it; ``prepare_s``: the seconds
+#: of the variant's per-cell setup (flex's block mask), run once outside the timed calls, where it has one.
+#: Runs saved before masks and GQA lack the axes heads_kv and mask: they read as heads_kv = heads, mask "none".
+CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy", "shard", "prepare_s")
 #: keys of a shard's ``attnbench.shard``: shard ``index`` (1-based) of ``count``, the key of every cell of the
 #: whole grid, and the device memory the split predicted against (attnbench.shard).
 SHARD_KEYS = ("index", "count", "grid_cells", "partition_memory_bytes")
@@ -199,6 +201,7 @@ class CellRecord:
     passes: dict[str, PassResult] = field(default_factory=dict)
     accuracy: Accuracy | None = None
     shard: int | None = None  # in a merged run: the shard that measured the cell
+    prepare_s: float | None = None  # the variant's per-cell setup, timed once apart from the calls
 
     @property
     def key(self) -> str:
@@ -332,6 +335,8 @@ def cell_section(rec: CellRecord) -> dict:
         section["accuracy"] = accuracy_section(rec.accuracy)
     if rec.shard is not None:
         section["shard"] = rec.shard
+    if rec.prepare_s is not None:
+        section["prepare_s"] = rec.prepare_s
     return section
 
 
@@ -576,9 +581,10 @@ class _Reader:
         return value
 
     def cell(self, entry: str, fields: dict, device: str) -> Cell:
-        missing = [a for a in AXES if a not in fields]
+        missing = [a for a in AXES if a not in fields and a not in LATER_AXES]
         if missing:
             self.fail(entry, f"missing {', '.join(missing)}")
+        fields = axis_defaults({a: fields.get(a) for a in AXES})
         if not isinstance(fields["variant"], str) or not fields["variant"]:
             self.fail(entry, f"variant is {fields['variant']!r}, expected a variant name")
         if not isinstance(fields["dtype"], str) or fields["dtype"] not in DTYPES:
@@ -586,8 +592,14 @@ class _Reader:
         if not isinstance(fields["causal"], bool):
             self.fail(entry, f"causal is {fields['causal']!r}, expected true or false")
         sizes = {a: self.number(entry, a, fields[a], integer=True, positive=True)
-                 for a in ("seq_len", "head_dim", "batch", "heads")}
-        return Cell(variant=fields["variant"], dtype=fields["dtype"], causal=fields["causal"], device=device, **sizes)
+                 for a in ("seq_len", "head_dim", "batch", "heads", "heads_kv")}
+        if sizes["heads"] % sizes["heads_kv"]:
+            self.fail(entry, f"heads_kv is {sizes['heads_kv']}, which does not divide heads ({sizes['heads']})")
+        mask = fields["mask"]
+        if not isinstance(mask, str) or not mask or (mask != NO_MASK and ":" not in mask):
+            self.fail(entry, f"mask is {mask!r}, expected a mask label such as none or sliding_window:1024")
+        return Cell(variant=fields["variant"], dtype=fields["dtype"], causal=fields["causal"], mask=mask,
+                    device=device, **sizes)
 
     def stats(self, entry: str, stats) -> dict:
         stats = self.mapping(entry, "stats", stats)
@@ -735,8 +747,11 @@ class _Reader:
             shard = None
             if fields.get("shard") is not None:
                 shard = self.number(entry, "shard", fields["shard"], integer=True, positive=True)
+            prepare_s = None
+            if fields.get("prepare_s") is not None:
+                prepare_s = self.number(entry, "prepare_s", fields["prepare_s"])
             cells[cell.key] = CellRecord(cell, status, str(fields.get("message") or ""), memory, accuracy=accuracy,
-                                         shard=shard)
+                                         shard=shard, prepare_s=prepare_s)
         return cells
 
     def accuracy(self, entry: str, fields) -> Accuracy:

@@ -77,7 +77,8 @@ class CellRunner:
         self.clock = clock
         self.record = CellRecord(cell)
         self._generator: torch.Generator | None = None
-        self._attention = (lambda q, k, v: self.variant.fn(q, k, v, causal=cell.causal))
+        self.mask = cell.mask_spec()
+        self._attention = (lambda q, k, v: self.variant.fn(q, k, v, causal=cell.causal, mask=self.mask))
         if plant is not None:  # a planted regression (attnbench.plants), only when asked for
             self._attention = plant.wrap_attention(self._attention)
         self.plant = plant
@@ -94,12 +95,26 @@ class CellRunner:
         return self._generator
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fresh standard-normal q, k, v (requiring grad) and grad_out on the cell's device, from its generator."""
+        """Fresh standard-normal q, k, v (requiring grad; k and v with heads_kv heads) and grad_out on the
+        cell's device, from the cell's generator."""
         c = self.cell
-        shape = (c.batch, c.heads, c.seq_len, c.head_dim)
+        q_shape, kv_shape = (c.batch, c.heads, c.seq_len, c.head_dim), (c.batch, c.heads_kv, c.seq_len, c.head_dim)
         q, k, v, grad_out = (torch.randn(shape, device=c.device, dtype=c.torch_dtype, generator=self.generator)
-                             for _ in range(4))
+                             for shape in (q_shape, kv_shape, kv_shape, q_shape))
         return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), grad_out
+
+    def prepare(self) -> None:
+        """The variant's per-cell setup (flex: its block mask), run once and timed apart from the calls."""
+        if self.variant.prepare is None:
+            return
+        c = self.cell
+        if c.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        self.variant.prepare(c.seq_len, c.causal, self.mask, c.device)
+        if c.device == "cuda":
+            torch.cuda.synchronize()
+        self.record.prepare_s = time.perf_counter() - start
 
     def attention(self, q, k, v) -> torch.Tensor:
         return self._attention(q, k, v)
@@ -109,7 +124,7 @@ class CellRunner:
     def predicted(self):
         c = self.cell
         return predict(self.variant, batch=c.batch, heads=c.heads, seq_len=c.seq_len, head_dim=c.head_dim,
-                       dtype=c.torch_dtype, causal=c.causal)
+                       dtype=c.torch_dtype, causal=c.causal, heads_kv=c.heads_kv, mask=self.mask)
 
     def _check_fits(self, peak_bytes: int) -> None:
         """CellOOM("oom-predicted") when the predicted peak cannot fit where the cell runs."""
@@ -135,6 +150,7 @@ class CellRunner:
         on_cuda = self.cell.device == "cuda"
         release_memory()
         self._check_fits(prediction.peak_bytes)
+        self.prepare()
         # One untimed forward and backward first: compilation, autotuning (Triton's benchmarking
         # allocates a 256 MiB cache-flush buffer) and library workspaces must not count as the cell's.
         q, k, v, grad_out = self.inputs()
@@ -146,7 +162,8 @@ class CellRunner:
         q, k, v, grad_out = self.inputs()
         if on_cuda:
             del grad_out  # the seed's figure: inputs and output live, nothing else
-        census = census_of_attention(lambda *a, causal: self.attention(*a), q, k, v, causal=self.cell.causal)
+        census = census_of_attention(lambda *a, **_: self.attention(*a), q, k, v, causal=self.cell.causal,
+                                     mask=self.mask)
         memory["saved_nxn"], memory["saved_bytes"] = census.nxn_count, census.saved_bytes
         out = self.attention(q, k, v)
         if on_cuda:
@@ -164,7 +181,7 @@ class CellRunner:
         """Errors of the output and gradients at the cell's shape against float64; status wrong past the bound."""
         rec, c = self.record, self.cell
         plain_peak = predict("torch_softmax", batch=c.batch, heads=c.heads, seq_len=c.seq_len, head_dim=c.head_dim,
-                             dtype=c.torch_dtype, causal=c.causal).peak_bytes
+                             dtype=c.torch_dtype, causal=c.causal, heads_kv=c.heads_kv, mask=self.mask).peak_bytes
         try:
             self._check_fits(plain_peak)
             plain_fits = True
@@ -172,8 +189,9 @@ class CellRunner:
             plain_fits = False
         q, k, v, grad_out = self.inputs()
         try:
-            rec.accuracy = accuracy.measure(self.attention, q, k, v, grad_out, causal=c.causal, plain_fits=plain_fits,
-                                            yardstick=plain_yardstick(self.variant, c.causal))
+            rec.accuracy = accuracy.measure(self.attention, q, k, v, grad_out, causal=c.causal, mask=self.mask,
+                                            plain_fits=plain_fits,
+                                            yardstick=plain_yardstick(self.variant, c.causal, self.mask))
         except torch.OutOfMemoryError as exc:
             rec.message = f"accuracy not measured: {str(exc).splitlines()[0]}"
             return

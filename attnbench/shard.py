@@ -117,7 +117,7 @@ def cell_cost_s(cell: Cell, *, memory_bytes: int, max_time_s: float, min_rounds:
 
 def _prediction(cell: Cell):
     return predict(cell.variant, batch=cell.batch, heads=cell.heads, seq_len=cell.seq_len, head_dim=cell.head_dim,
-                   dtype=cell.torch_dtype, causal=cell.causal)
+                   dtype=cell.torch_dtype, causal=cell.causal, heads_kv=cell.heads_kv, mask=cell.mask_spec())
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,18 @@ def _measured(variant: Variant, causal: bool) -> str:
     return str(census_of_attention(variant.fn, q, k, v, causal=causal).nxn_count)
 
 
+def _masks(variant: Variant) -> str:
+    kinds = ["causal", *sorted(variant.masks)]
+    return ", ".join(kinds)
+
+
 def render() -> str:
     """The registry as a markdown table, one row per variant in registry order."""
-    rows = [[f"`{name}`", _measured(variant, False), _measured(variant, True), _where(variant), variant.description]
+    rows = [[f"`{name}`", _measured(variant, False), _measured(variant, True), _masks(variant),
+             "yes" if variant.gqa else "no", _where(variant), variant.description]
             for name, variant in VARIANTS.items()]
-    return table(["variant", "n×n tensors kept for backward (census)", "causal", "runs on", "what it is"], rows) + "\n"
+    return table(["variant", "n×n tensors kept for backward (census)", "causal", "masks", "GQA", "runs on",
+                  "what it is"], rows) + "\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,16 @@ SHAPES = ((2, 3, 97, 97, 16), (1, 2, 64, 64, 59), (2, 2, 48, 80, 32))
 # int64 argmax), so fp64 predictions of variants with row statistics are short by a few bytes per row.
 
 
+#: what the model does not pin to the byte, and why: the census still measures these (test_census).
+UNPINNED = {
+    ("compiled", True): "masked, Inductor keeps the softmax output, the mask and transposed copies of q, k and v "
+                        "whose layout it picks per shape",
+    **{("flex", causal): "on CPU flex runs FlexAttention's eager path, which keeps a row max beside the log-sum-exp "
+                         "and the block mask's index tensors; on CUDA it runs compiled, not measured here"
+       for causal in (False, True)},
+}
+
+
 def cpu_cases():
     for name, variant in VARIANTS.items():
         for dtype in DTYPES:
@@ -30,7 +40,7 @@ def cpu_cases():
                 if variant.check_head_dim(shape[-1]) is not None:
                     continue
                 for causal in (False, True):
-                    marks = []
+                    marks = [pytest.mark.skip(reason=UNPINNED[(name, causal)])] if (name, causal) in UNPINNED else []
                     case_id = "-".join([name, str(dtype).removeprefix("torch."), "x".join(map(str, shape)),
                                         "causal" if causal else "full"])
                     yield pytest.param(name, dtype, shape, causal, marks=marks, id=case_id)

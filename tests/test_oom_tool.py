@@ -141,8 +141,9 @@ def test_a_head_dim_past_a_kernel_limit_leaves_that_kernel_out(capsys):
 def test_fp64_leaves_out_every_kernel_without_fp64_on_cuda(capsys):
     out = oom(capsys, "--memory", "80GB", "--dtype", "fp64")
     rows, refused = tables(out)
-    assert list(rows) == ["naive", "torch_softmax", "weights_only", "tiled", "sdpa_math"], out
-    assert list(refused) == ["sdpa_efficient", "sdpa_flash", "sdpa_cudnn", "triton_flash"], out
+    assert list(rows) == ["naive", "torch_softmax", "weights_only", "tiled", "sdpa_math", "compiled"], out
+    assert list(refused) == ["sdpa_efficient", "sdpa_flash", "sdpa_cudnn", "flex", "triton_flash"], out
+    assert "flex's generated Triton kernels run fp16, bf16 and fp32" in refused["flex"]
     assert refused["triton_flash"] == "triton_flash supports dtypes float16, bfloat16, float32, not float64"
     assert refused["sdpa_efficient"] == "sdpa_efficient supports dtypes float16, bfloat16, float32, not float64"
     assert "needs fp16/bf16, not float64" in refused["sdpa_flash"] and "needs fp16/bf16" in refused["sdpa_cudnn"]
@@ -203,3 +204,12 @@ def test_bad_arguments_are_usage_errors(capsys, args, message):
     assert info.value.code == 2, f"argparse usage errors exit 2, got {info.value.code}"
     err = capsys.readouterr().err
     assert "usage: attnbench oom" in err and message in err, f"expected {message!r} in:\n{err}"
+
+
+def test_a_mask_leaves_out_the_variants_that_cannot_apply_it(capsys):
+    out = oom(capsys, "--memory", "80GB", "--heads", "16", "--heads-kv", "4", "--head-dim", "128", "--dtype", "bf16",
+              "--mask", "causal sliding_window:1024")
+    rows, refused = tables(out)
+    assert "flex" in rows and "tiled" in rows, out
+    assert "does not support sliding_window masks" in refused["sdpa_flash"], out
+    assert "heads_kv 4" in out and "mask causal sliding_window:1024" in out, out

@@ -40,7 +40,8 @@ def grid(preset: str, device: str) -> list:
     (this machine's lack of a GPU does not count; expand() only reads the registry's metadata)."""
     dtype = DTYPES[PRESETS[preset].dtypes[0]]
     names = tuple(n for n, v in VARIANTS.items() if cannot_run_reason(v, device, dtype) is None
-                  and not (device == "cpu" and v.cpu_interpreted))
+                  and not (device == "cpu" and v.cpu_interpreted)
+                  and (PRESETS[preset].variants is None or n in PRESETS[preset].variants))
     cells, _ = expand(device, preset, variants=names)
     return [c for c in cells if VARIANTS[c.variant].check_head_dim(c.head_dim) is None]
 
