@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -94,19 +93,17 @@ class Skipped:
     reason: str
 
 
-@dataclass
-class Observation:
-    """One figure of one cell in one run: its value, and for times the rounds' quartiles and rounds."""
-
-    value: float
-    q1: float | None = None
-    q3: float | None = None
-    rounds: tuple[float, ...] | None = None
+#: a cell's figure in RunFigures.figures: its value and, for times, the rounds' quartiles (NaN where none).
+VALUE, Q1, Q3 = 0, 1, 2
 
 
 @dataclass
 class RunFigures:
-    """What the history needs of one run: its commit, environment, and every cell's figures."""
+    """What the history needs of one run: its commit, environment, and every cell's figures by metric.
+
+    ``figures[metric]`` holds one row per cell, in ``params``' order: (value, q1, q3), NaN where the cell has
+    no such figure (a figure read from a run is always finite) or, outside times, no quartiles.
+    """
 
     path: str
     commit: Commit
@@ -114,31 +111,36 @@ class RunFigures:
     plants: dict
     params: dict[str, dict]  # cell key -> axes
     status: dict[str, str]
-    figures: dict[str, dict[str, Observation]]  # cell key -> metric -> observation
+    figures: dict[str, np.ndarray]  # metric -> (cells × 3) array
+    rounds: dict[tuple[str, str], tuple[float, ...]]  # (cell key, metric) -> the rounds' times, where saved
     floors: dict[str, float]  # cell key -> accuracy floor
 
 
-def cell_figures(rec: CellRecord) -> tuple[dict[str, Observation], float | None]:
-    """The figures of one cell record that can be followed (a cell not measured has none), and its error floor."""
+def cell_figures(rec: CellRecord) -> tuple[dict[str, tuple[float, float, float]], dict[str, tuple[float, ...]],
+                                           float | None]:
+    """The figures of one cell record that can be followed (a cell not measured has none) as (value, q1, q3),
+    the rounds' times of its passes where saved, and its error floor."""
     if rec.status not in TIMED_STATUSES:
-        return {}, None
-    figures: dict[str, Observation] = {}
+        return {}, {}, None
+    figures: dict[str, tuple[float, float, float]] = {}
+    rounds: dict[str, tuple[float, ...]] = {}
     for pass_name in PASSES:
         result = rec.passes.get(pass_name)
         if result is not None:
-            data = result.stats.get("data")
-            figures[f"{pass_name}_time"] = Observation(result.stats["median"], result.stats["q1"],
-                                                       result.stats["q3"], tuple(data) if data else None)
+            stats = result.stats
+            figures[f"{pass_name}_time"] = (stats["median"], stats["q1"], stats["q3"])
+            if stats.get("data"):
+                rounds[f"{pass_name}_time"] = tuple(stats["data"])
     for key in ("mem_before_backward_bytes", "peak_bytes", "saved_bytes"):
         if rec.memory.get(key) is not None:
-            figures[key] = Observation(float(rec.memory[key]))
+            figures[key] = (float(rec.memory[key]), math.nan, math.nan)
     floor = None
     if rec.accuracy is not None:
         errors = [t.max_abs_error for t in rec.accuracy.tensors.values()]
         if errors and all(e is not None for e in errors):  # NaN/Inf shows in the cell's status, not on this line
-            figures["max_error"] = Observation(max(errors))
+            figures["max_error"] = (max(errors), math.nan, math.nan)
         floor = rec.accuracy.floor
-    return figures, floor
+    return figures, rounds, floor
 
 
 def read_run(path: str) -> RunFigures | Skipped:
@@ -155,14 +157,21 @@ def read_run(path: str) -> RunFigures | Skipped:
     if commit.dirty:
         return Skipped(path, f"commit {commit.short_id} had uncommitted changes: the commit does not say what was "
                              "measured")
-    figures, floors = {}, {}
-    for key, rec in run.cells.items():
-        figures[key], floor = cell_figures(rec)
+    # a few arrays instead of an object per figure: cheap to send back from a worker, and to pool
+    figures = {metric: np.full((len(run.cells), 3), math.nan) for metric in METRICS}
+    rounds, floors = {}, {}
+    for row, (key, rec) in enumerate(run.cells.items()):
+        cell, cell_rounds, floor = cell_figures(rec)
+        for metric, observation in cell.items():
+            figures[metric][row] = observation
+        rounds.update(((key, metric), times) for metric, times in cell_rounds.items())
         if floor is not None:
             floors[key] = floor
     return RunFigures(str(path), commit, run.environment, run.plants,
                       {key: rec.cell.params() for key, rec in run.cells.items()},
-                      {key: rec.status for key, rec in run.cells.items()}, figures, floors)
+                      {key: rec.status for key, rec in run.cells.items()},
+                      {metric: column for metric, column in figures.items() if not np.isnan(column[:, VALUE]).all()},
+                      rounds, floors)
 
 
 def find_run_files(sources: Iterable[str | Path]) -> tuple[list[str], list[Skipped]]:
@@ -299,10 +308,22 @@ def pool(runs: list[RunFigures]) -> list[EnvironmentHistory]:
             params.update(run.params)
             floors.update(run.floors)
         keys = sorted(params)
-        status = {key: [_pooled_status([r.status.get(key) for r in rs]) for rs in ordered] for key in keys}
-        series = {key: _cell_series(key, ordered) for key in keys}
+        status = _pooled_statuses(keys, ordered)
+        series = _pooled_series(keys, ordered)
         histories.append(EnvironmentHistory(environment, commits, params, status, series, floors))
     return sorted(histories, key=lambda h: h.label)
+
+
+def _pooled_statuses(keys: list[str], ordered: list[list[RunFigures]]) -> dict[str, list[str | None]]:
+    status: dict[str, list[str | None]] = {key: [None] * len(ordered) for key in keys}
+    for i, runs in enumerate(ordered):
+        if len(runs) == 1:  # one run at the commit (the usual case): its statuses as they are
+            for key, cell_status in runs[0].status.items():
+                status[key][i] = cell_status
+            continue
+        for key in {key for run in runs for key in run.status}:
+            status[key][i] = _pooled_status([run.status.get(key) for run in runs])
+    return status
 
 
 def _pooled_status(statuses: list[str | None]) -> str | None:
@@ -312,49 +333,69 @@ def _pooled_status(statuses: list[str | None]) -> str | None:
     return "ok" if all(s == "ok" for s in present) else next(s for s in present if s != "ok")
 
 
-def _cell_series(key: str, ordered: list[list[RunFigures]]) -> dict[str, Series]:
+def _pooled_series(keys: list[str], ordered: list[list[RunFigures]]) -> dict[str, dict[str, Series]]:
+    """Every cell's series, metric by metric: at each commit the median of its runs' values (and quartiles),
+    their lowest and highest, and the rounds of them all where each of those runs saved its rounds."""
     n = len(ordered)
-    observed: dict[str, list[list[Observation] | None]] = {}
-    for i, runs in enumerate(ordered):
-        for run in runs:
-            for metric, obs in run.figures.get(key, {}).items():
-                at = observed.setdefault(metric, [None] * n)
-                if at[i] is None:
-                    at[i] = [obs]
-                else:
-                    at[i].append(obs)
-    series: dict[str, Series] = {}
+    row = {key: i for i, key in enumerate(keys)}
+    rows = {id(run): np.array([row[key] for key in run.params], dtype=np.int64) for runs in ordered for run in runs}
+    series: dict[str, dict[str, Series]] = {key: {} for key in keys}
     for metric in METRICS:
-        if metric not in observed:
+        if not any(metric in run.figures for runs in ordered for run in runs):
             continue
-        at = observed[metric]
-        if all(found is None or len(found) == 1 for found in at):  # one run per commit (the usual case)
-            single = [found[0] if found else None for found in at]
-            values = [o.value if o else None for o in single]
-            series[metric] = Series(values, [o.q1 if o else None for o in single],
-                                    [o.q3 if o else None for o in single], values, values,
-                                    [o.rounds if o else None for o in single])
-            continue
-        columns = {name: [None] * n for name in ("values", "q1", "q3", "low", "high", "rounds")}
-        for i, found in enumerate(at):
-            if not found:
-                continue
+        pooled = np.full((len(keys), n, 5), math.nan)  # cell, commit, (value, q1, q3, low, high)
+        several: dict[int, dict[int, list[float]]] = {}  # cell -> commit -> the values of its runs
+        rounds: dict[tuple[int, int], tuple[float, ...]] = {}  # (cell, commit) -> the rounds of its runs
+        for i, runs in enumerate(ordered):
+            found = [run for run in runs if metric in run.figures]
             if len(found) == 1:  # one run at the commit (the usual case): its figures as they are
-                obs = found[0]
-                columns["values"][i] = columns["low"][i] = columns["high"][i] = obs.value
-                columns["q1"][i], columns["q3"][i], columns["rounds"][i] = obs.q1, obs.q3, obs.rounds
+                at, figures = rows[id(found[0])], found[0].figures[metric]
+                pooled[at, i, :3] = figures
+                pooled[at, i, 3] = pooled[at, i, 4] = figures[:, VALUE]
+                rounds.update(((row[key], i), times) for (key, m), times in found[0].rounds.items() if m == metric)
+            elif found:
+                _pool_commit(pooled[:, i], found, metric, row, rows, several, rounds, i)
+        for k, key in enumerate(keys):
+            values = _optional(pooled[k, :, VALUE])
+            if all(v is None for v in values):
                 continue
-            values = [o.value for o in found]
-            columns["values"][i] = statistics.median(values)
-            columns["low"][i], columns["high"][i] = min(values), max(values)
-            if all(o.q1 is not None for o in found):
-                columns["q1"][i] = statistics.median([o.q1 for o in found])
-                columns["q3"][i] = statistics.median([o.q3 for o in found])
-            if all(o.rounds for o in found):
-                columns["rounds"][i] = tuple(x for o in found for x in o.rounds)
-            columns.setdefault("run_values", [None] * n)[i] = values
-        series[metric] = Series(**columns)
+            columns = [values, _optional(pooled[k, :, Q1]), _optional(pooled[k, :, Q3])]
+            cell_rounds = [rounds.get((k, i)) for i in range(n)] if rounds else [None] * n
+            if k in several:
+                spread = [several[k].get(i) for i in range(n)]
+                series[key][metric] = Series(*columns, _optional(pooled[k, :, 3]), _optional(pooled[k, :, 4]),
+                                             cell_rounds, spread)
+            else:
+                series[key][metric] = Series(*columns, values, values, cell_rounds)
     return series
+
+
+def _pool_commit(at: np.ndarray, found: list[RunFigures], metric: str, row: dict[str, int],
+                 rows: dict[int, np.ndarray], several: dict[int, dict[int, list[float]]],
+                 rounds: dict[tuple[int, int], tuple[float, ...]], commit_index: int) -> None:
+    """Pool one metric of the runs ``found`` at one commit: into ``at`` (cell × (value, q1, q3, low, high)),
+    ``several`` (each cell's runs' values, where more than one run has it) and ``rounds``."""
+    stacked = np.full((len(found), len(at), 3), math.nan)
+    for j, run in enumerate(found):
+        stacked[j, rows[id(run)]] = run.figures[metric]
+    present = ~np.isnan(stacked[:, :, VALUE])
+    counts = present.sum(axis=0)
+    some = counts > 0
+    measured = 3 if METRICS[metric].kind == "time" else 1  # only times have quartiles
+    at[some, :measured] = np.nanmedian(stacked[:, some, :measured], axis=0)
+    at[some, 3] = np.nanmin(stacked[:, some, VALUE], axis=0)
+    at[some, 4] = np.nanmax(stacked[:, some, VALUE], axis=0)
+    for k in np.flatnonzero(counts > 1).tolist():
+        several.setdefault(k, {})[commit_index] = stacked[present[:, k], k, VALUE].tolist()
+    for key in {key for run in found for key, m in run.rounds if m == metric}:
+        having = [run for j, run in enumerate(found) if present[j, row[key]]]
+        if all((key, metric) in run.rounds for run in having):
+            rounds[row[key], commit_index] = tuple(x for run in having for x in run.rounds[key, metric])
+
+
+def _optional(column: np.ndarray) -> list[float | None]:
+    """A column's values as floats, None where NaN (no figure)."""
+    return [None if math.isnan(v) else v for v in column.tolist()]
 
 
 # -- steps

@@ -549,12 +549,49 @@ def parse(data: dict, *, path: Path | None = None, role: str = "run") -> Run:
         raise RunError(f"{where}: malformed ({type(exc).__name__}: {exc}); the run cannot be trusted") from None
 
 
+_NUMBER_TYPES = frozenset((int, float))
+_INTEGER_TYPES = frozenset((int,))
+_SIZE_AXES = ("seq_len", "head_dim", "batch", "heads")
+
+
+def _plain_numbers(values: list, *, integer: bool = False, positive: bool = False) -> bool:
+    """Whether every value is an int (or, unless ``integer``, a float), finite and >= 0 (> 0 if ``positive``):
+    what a run holds almost everywhere, checked in bulk.
+
+    A run holds hundreds of thousands of numbers; the reader checks each group of them here first, and only
+    when this says no does it go field by field, to name what is wrong. It never says yes to a value the
+    field-by-field checks would refuse or change (a float that is an integer, where an integer is expected).
+    """
+    if not values or not {*map(type, values)} <= (_INTEGER_TYPES if integer else _NUMBER_TYPES):
+        return False  # bool is not int here: type(), not isinstance
+    try:
+        total = sum(values)  # NaN if any value is NaN, inf if any is infinite
+    except OverflowError:  # an integer too large for a float, among floats
+        return False
+    lowest = min(values)
+    return total < math.inf and (lowest > 0 if positive else lowest >= 0)
+
+
+def _plain_cell(fields: dict) -> bool:
+    """Whether a cell's axes are plainly valid (what :meth:`_Reader.cell` accepts as it is), checked in one step."""
+    variant, dtype, mask = fields.get("variant"), fields.get("dtype"), fields.get("mask")
+    return (type(variant) is str and variant != "" and type(dtype) is str and dtype in DTYPES
+            and type(fields.get("causal")) is bool and type(mask) is str and (mask == NO_MASK or ":" in mask)
+            and _plain_numbers([fields.get(a) for a in (*_SIZE_AXES, "heads_kv")], integer=True, positive=True)
+            and fields["heads"] % fields["heads_kv"] == 0)
+
+
 class _Reader:
-    """Checks one run's JSON field by field; every complaint names the entry and the field."""
+    """Checks one run's JSON field by field; every complaint names the entry and the field.
+
+    Each group of figures is first checked in bulk (:func:`_plain_numbers`); the checks that name the entry and
+    the field run when that fails, so a refusal reads the same whichever way the figures were checked.
+    """
 
     def __init__(self, where: str, data: dict, section: dict, version: int):
         self.where, self.data, self.section, self.version = where, data, section, version
         self.world_size: int | None = None  # a run across ranks (attnbench cp) says how many
+        self._later_axes_saved: bool | None = None  # whether this run saves grid.LATER_AXES (all entries alike)
 
     def fail(self, entry: str, problem: str):
         raise RunError(f"{self.where}: {entry}: {problem}; the run cannot be trusted (re-run it, or pass another)")
@@ -581,6 +618,10 @@ class _Reader:
         return value
 
     def cell(self, entry: str, fields: dict, device: str) -> Cell:
+        if _plain_cell(fields):
+            self.later_axes(entry, saved=True)
+            return Cell(**{a: fields[a] for a in AXES}, device=device)
+        self.later_axes(entry, saved=all(a in fields for a in LATER_AXES))
         missing = [a for a in AXES if a not in fields and a not in LATER_AXES]
         if missing:
             self.fail(entry, f"missing {', '.join(missing)}")
@@ -600,6 +641,21 @@ class _Reader:
             self.fail(entry, f"mask is {mask!r}, expected a mask label such as none or sliding_window:1024")
         return Cell(variant=fields["variant"], dtype=fields["dtype"], causal=fields["causal"], mask=mask,
                     device=device, **sizes)
+
+    def later_axes(self, entry: str, *, saved: bool) -> None:
+        """A run saved before heads_kv and mask lacks them everywhere; one that has them has them everywhere."""
+        if self._later_axes_saved is None:
+            self._later_axes_saved = saved
+        elif saved != self._later_axes_saved:
+            self.fail(entry, f"{' and '.join(LATER_AXES)} {'are' if saved else 'are not'} saved here but "
+                             f"{'not ' if saved else ''}in the entries before it")
+
+    def cell_key(self, entry: str, fields: dict, device: str) -> str:
+        """The key of the cell ``fields`` name (a benchmark's params), checked as :meth:`cell` checks it."""
+        if _plain_cell(fields):
+            self.later_axes(entry, saved=True)
+            return cell_key(fields)
+        return self.cell(entry, fields, device).key
 
     def stats(self, entry: str, stats) -> dict:
         stats = self.mapping(entry, "stats", stats)
@@ -731,10 +787,9 @@ class _Reader:
             status = fields.get("status")
             if status not in STATUSES:
                 self.fail(entry, f"status is {status!r}, expected one of {', '.join(STATUSES)}")
-            memory = {}
-            for name in MEMORY_KEYS:
-                if fields.get(name) is not None:
-                    memory[name] = self.number(entry, name, fields[name], integer=True)
+            memory = {name: fields[name] for name in MEMORY_KEYS if fields.get(name) is not None}
+            if not _plain_numbers(list(memory.values()), integer=True):
+                memory = {name: self.number(entry, name, value, integer=True) for name, value in memory.items()}
             if status in TIMED_STATUSES:
                 model = REQUIRED_MEMORY if self.world_size is None else REQUIRED_MULTI_RANK_MEMORY
                 required = model + (REQUIRED_CUDA_MEMORY if device == "cuda" else ())
@@ -755,6 +810,9 @@ class _Reader:
         return cells
 
     def accuracy(self, entry: str, fields) -> Accuracy:
+        plain = _plain_accuracy(fields)
+        if plain is not None:
+            return plain
         fields = self.mapping(entry, "accuracy", fields)
         if not isinstance(fields.get("plain_fits"), bool):
             self.fail(entry, "accuracy.plain_fits is not true or false")
@@ -781,7 +839,9 @@ class _Reader:
     def benchmarks(self, cells: dict[str, CellRecord], device: str) -> int:
         """Attach each benchmark to its cell; returns how many benchmarks are not attnbench's."""
         other = 0
-        for i, entry in enumerate(self.data["benchmarks"]):
+        entries = self.data["benchmarks"]
+        plain_stats = _plain_stats(entries)  # every benchmark's statistics at once; else each one's, named
+        for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 self.fail(f"benchmarks[{i}]", "not an object")
             name = entry.get("fullname")
@@ -793,21 +853,59 @@ class _Reader:
             if not ours:
                 other += 1  # a benchmark of another suite in the same run
                 continue
-            info = self.mapping(f"benchmark {name}", "extra_info", info)
-            fields = self.mapping(f"benchmark {name}", "params", info if self.version == 1 else params)
-            key = cell_key(self.cell(f"benchmark {name}", fields, device).params())
+            where = f"benchmark {name}"
+            info = self.mapping(where, "extra_info", info)
+            fields = self.mapping(where, "params", info if self.version == 1 else params)
+            key = self.cell_key(where, fields, device)
             pass_name = info.get("pass")
             if pass_name not in PASSES:
-                self.fail(f"benchmark {name}", f"pass is {pass_name!r}, expected one of {', '.join(PASSES)}")
+                self.fail(where, f"pass is {pass_name!r}, expected one of {', '.join(PASSES)}")
             rec = cells.get(key)
             if rec is None:
-                self.fail(f"benchmark {name}", f"its cell {key} has no record under attnbench.cells")
+                self.fail(where, f"its cell {key} has no record under attnbench.cells")
             if pass_name in rec.passes:
-                self.fail(f"benchmark {name}", f"a second {pass_name} result for cell {key}")
-            stats = self.stats(f"benchmark {name}", entry.get("stats"))
-            flops = self.number(f"benchmark {name}", "extra_info.flops", info.get("flops"), positive=True)
-            checks = {k: self.number(f"benchmark {name}", f"extra_info.{k}", info[k])
-                      for k in OPTIONAL_PASS_KEYS if info.get(k) is not None}
+                self.fail(where, f"a second {pass_name} result for cell {key}")
+            stats = entry["stats"] if plain_stats else self.stats(where, entry.get("stats"))
+            flops = self.number(where, "extra_info.flops", info.get("flops"), positive=True)
+            checks = {k: info[k] for k in OPTIONAL_PASS_KEYS if info.get(k) is not None}
+            if checks and not _plain_numbers(list(checks.values())):
+                checks = {k: self.number(where, f"extra_info.{k}", value) for k, value in checks.items()}
             options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
             rec.passes[pass_name] = PassResult(name, pass_name, stats, flops, checks, options)
         return other
+
+
+def _plain_accuracy(fields) -> Accuracy | None:
+    """A cell's accuracy record read in bulk when it is plainly valid: every figure a finite number >= 0, the
+    counts integers, only the plain computation's error absent (it did not fit). None: check it field by field."""
+    if type(fields) is not dict or type(fields.get("plain_fits")) is not bool:
+        return None
+    tensors_fields = fields.get("tensors")
+    if type(tensors_fields) is not dict or tensors_fields.keys() != set(TENSORS):
+        return None
+    tensors = [tensors_fields[name] for name in TENSORS]
+    if not all(type(t) is dict for t in tensors):
+        return None
+    figures = [fields.get("floor"), *(t.get(k) for t in tensors for k in ("max_abs_error", "rel_rms_error", "bound")),
+               *(t["plain_max_abs_error"] for t in tensors if t.get("plain_max_abs_error") is not None)]
+    counts = [t.get(k) for t in tensors for k in ("nan_count", "inf_count")]
+    if not (_plain_numbers(figures) and _plain_numbers(counts, integer=True)):
+        return None
+    return Accuracy({name: TensorError(t["max_abs_error"], t["rel_rms_error"], t.get("plain_max_abs_error"), t["bound"],
+                                       t["nan_count"], t["inf_count"]) for name, t in zip(TENSORS, tensors)},
+                    fields["plain_fits"], fields["floor"])
+
+
+def _plain_stats(entries: list) -> bool:
+    """Whether every benchmark's statistics are plainly valid (what :meth:`_Reader.stats` accepts as they are:
+    REQUIRED_STATS finite numbers >= 0, rounds a positive integer, the rounds' times where saved), checked at
+    once for the whole run."""
+    stats = [entry.get("stats") if type(entry) is dict else None for entry in entries]
+    if not all(type(s) is dict for s in stats):
+        return False
+    saved = [s["data"] for s in stats if s.get("data") is not None]
+    if not all(type(data) is list and data for data in saved):
+        return False
+    return (_plain_numbers([s.get(name) for s in stats for name in REQUIRED_STATS])
+            and _plain_numbers([s.get("rounds") for s in stats], integer=True, positive=True)
+            and (not saved or _plain_numbers([x for data in saved for x in data])))
