@@ -62,11 +62,13 @@ def collected_ids(result: pytest.RunResult) -> list[re.Match]:
             if ("test_forward[" in line or "test_backward[" in line) and (m := CELL_ID.search(line))]
 
 
-def available_on_cpu(dtype: str, head_dim: int) -> list[str]:
-    """Variants the CPU grid includes unless asked: runnable there, and not slowed down by an interpreter."""
+def available_on_cpu(dtype: str, head_dim: int, preset: str = "cpu-small") -> list[str]:
+    """Variants the CPU grid includes unless asked: the preset's, runnable there, and not slowed down by an
+    interpreter."""
+    among = PRESETS[preset].variants
     return [name for name, v in VARIANTS.items()
             if v.unavailable_reason("cpu", DTYPES[dtype]) is None and v.check_head_dim(head_dim) is None
-            and not getattr(v, "cpu_interpreted", False)]
+            and not getattr(v, "cpu_interpreted", False) and (among is None or name in among)]
 
 
 # -- the parsers

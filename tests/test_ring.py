@@ -165,8 +165,10 @@ def test_inconsistent_shapes():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="q and k must have one shape"):
         ring_attention(q, k[:, :, :4], v[:, :, :4], block="math")
-    with pytest.raises(ValueError, match="must match q in batch, heads and head_dim"):
+    with pytest.raises(ValueError, match="k and v must have the same heads_kv"):
         ring_attention(q, k[:, :1], v, block="math")
+    with pytest.raises(ValueError, match="q and k must have one shape"):  # GQA: the ring takes q's heads only
+        ring_attention(q, k[:, :1], v[:, :1], block="math")
 
 
 def test_without_a_process_group():
