@@ -40,9 +40,8 @@ needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"GPU run unavaila
 ERROR_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
 ERROR_FACTOR = 2.0
 NAMES = ("out", "dq", "dk", "dv")
-#: the registry's entry point: ``impl(q, k, v, causal=..., mask=...)`` (today's Variant.fn checks that k
-#: and v have q's head count, so GQA calls go to the implementation directly)
-attention = VARIANT.impl
+#: the public entry point, through the registry's validation: ``fn(q, k, v, causal=..., mask=...)``
+attention = VARIANT.fn
 
 
 def masked_attention(q, k, v, *, causal, mask):
@@ -287,10 +286,10 @@ def test_blocks_no_query_of_a_tile_sees_are_skipped(causal, mask, poison_from, d
 
 BAD_INPUTS = [
     # (q heads, k heads, v heads, seq_q, seq_k, mask, exception, message)
-    pytest.param(6, 4, 4, 8, 8, None, ValueError, r"heads \(6\) to be a multiple of k's and v's heads \(4\)",
+    pytest.param(6, 4, 4, 8, 8, None, ValueError, r"q's heads \(6\) must be a multiple of k's and v's heads_kv \(4\)",
                  id="heads-not-a-multiple"),
-    pytest.param(4, 2, 1, 8, 8, None, ValueError, r"k and v must have one shape", id="k-v-heads-differ"),
-    pytest.param(4, 2, 2, 8, 8, prefix_lm(3), ValueError, r"runs the masks document, sliding_window, not prefix_lm",
+    pytest.param(4, 2, 1, 8, 8, None, ValueError, r"k and v must have the same heads_kv, got 2 and 1", id="k-v-heads-differ"),
+    pytest.param(4, 2, 2, 8, 8, prefix_lm(3), ValueError, r"does not support prefix_lm masks; its masks: document, sliding_window",
                  id="prefix-lm"),
     pytest.param(2, 2, 2, 8, 9, sliding_window(3), ValueError, r"masks need seq_q == seq_k", id="seq-mismatch"),
     pytest.param(2, 1, 1, 8, 8, document([3, 4]), ValueError, r"document lengths sum to 7, not the sequence length 8",
