@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .grid import PRESETS, parse_causal, parse_dtypes, parse_positive_int, parse_positive_ints, parse_preset
+from .grid import (NO_MASK, PRESETS, parse_causal, parse_dtypes, parse_positive_int, parse_positive_ints,
+                   parse_preset, split_mask_label)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def _mask_kinds(preset) -> tuple[str, ...]:
+    """The kernels' mask kinds the preset's cells use ("none" for plain and causal cells), among those
+    triton_flash runs: its cells of other masks are left out of the grid, so nothing is compiled for them."""
+    from attention_impls import get_variant
+
+    supported = get_variant("triton_flash").masks
+    kinds = (split_mask_label(label)[1].split(":", 1)[0] for label in preset.mask_labels())
+    return tuple(dict.fromkeys(k for k in kinds if k == NO_MASK or k in supported))
+
+
 def run(args: argparse.Namespace) -> int:
     from attention_impls import triton_flash
 
@@ -38,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = triton_flash.precompile(args.head_dims or preset.head_dims, dtypes,
-                                         causal=args.causal or preset.causal_values(), workers=args.workers)
+                                         causal=args.causal or preset.causal_values(),
+                                         masks=_mask_kinds(preset), workers=args.workers)
     except (TypeError, ValueError) as exc:
         print(f"attnbench precompile: {exc}", file=sys.stderr)
         return 2

@@ -13,15 +13,29 @@ from attnbench import cli
 def test_passes_the_presets_grid_to_the_kernel_module(monkeypatch, capsys):
     calls = []
 
-    def fake(head_dims, dtypes, *, causal, workers):
-        calls.append((tuple(head_dims), tuple(dtypes), tuple(causal), workers))
+    def fake(head_dims, dtypes, *, causal, masks, workers):
+        calls.append((tuple(head_dims), tuple(dtypes), tuple(causal), tuple(masks), workers))
         return triton_flash.PrecompileResult(compiled=12, failed=("dkdv 64x128/w8/s2: OutOfResources",), seconds=3.0)
 
     monkeypatch.setattr(triton_flash, "precompile", fake)
     assert cli.main(["precompile", "--preset", "fa2-paper", "--workers", "3"]) == 0
-    assert calls == [((64, 128), ("bf16",), (False, True), 3)]
+    assert calls == [((64, 128), ("bf16",), (False, True), ("none",), 3)]
     out = capsys.readouterr().out
     assert "12 kernel variants in Triton's cache in 3 s; 1 candidates do not compile" in out, out
+
+
+def test_compiles_the_mask_kinds_of_the_presets_cells_that_triton_flash_runs(monkeypatch):
+    """The flex preset's cells use no mask, sliding windows, documents and prefix-LM; triton_flash runs the
+    first three, so those kernels are compiled and prefix-LM's cells (left out of its grid) cost nothing."""
+    calls = []
+
+    def fake(head_dims, dtypes, *, causal, masks, workers):
+        calls.append(tuple(masks))
+        return triton_flash.PrecompileResult(compiled=1, failed=(), seconds=1.0)
+
+    monkeypatch.setattr(triton_flash, "precompile", fake)
+    assert cli.main(["precompile", "--preset", "flex"]) == 0
+    assert calls == [("none", "sliding_window", "document")], calls
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without a GPU")
