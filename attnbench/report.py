@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import render
+from .grid import NO_MASK
 from .record import DEFAULT_STORAGE, TIMED_STATUSES, CellRecord, Run, RunError, load, newest_run
 
 MIB = 2**20
@@ -78,11 +79,30 @@ def _error_text(cell: CellRecord) -> str:
     return f"{name}: {plain}, {acc.fraction_of_bound(name):.2f} of bound"
 
 
+def _mode(cell) -> tuple[bool, str, int]:
+    """What, besides shape and dtype, sets a cell's work: (causal, mask label, query heads per k/v head)."""
+    return cell.causal, cell.mask, cell.heads // cell.heads_kv
+
+
+def _mode_text(mode: tuple[bool, str, int], *, plain: str = "non-causal") -> str:
+    """(True, 'sliding_window:1024', 4) -> 'causal sliding_window:1024, GQA 4:1'; (False, 'none', 1) -> plain."""
+    causal, mask, group = mode
+    words = (["causal"] if causal else []) + ([mask] if mask != NO_MASK else [])
+    return " ".join(words or [plain]) + (f", GQA {group}:1" if group > 1 else "")
+
+
+def _mode_slug(mode: tuple[bool, str, int]) -> str:
+    """A file-name part: 'full', 'causal', 'causal-sliding_window1024-gqa4'."""
+    causal, mask, group = mode
+    parts = ["causal" if causal else "full"] + ([mask.replace(":", "")] if mask != NO_MASK else [])
+    return "-".join(parts + ([f"gqa{group}"] if group > 1 else []))
+
+
 def _groups(run: Run) -> dict[tuple, list[CellRecord]]:
-    """Cells by (variant, dtype, causal), in the run's order."""
+    """Cells by (variant, dtype, mode), in the run's order."""
     groups: dict[tuple, list[CellRecord]] = defaultdict(list)
     for cell in run.cells.values():
-        groups[(cell.cell.variant, cell.cell.dtype, cell.cell.causal)].append(cell)
+        groups[(cell.cell.variant, cell.cell.dtype, _mode(cell.cell))].append(cell)
     return groups
 
 
@@ -95,13 +115,13 @@ def seed_tables(run: Run) -> list[str]:
     """Per variant/dtype/mask: forward ms, backward ms and memory before backward (rows seq_len, cols head_dim)."""
     lines: list[str] = []
     memory_title = "Memory before backward (MiB)" if run.device == "cuda" else "Saved for backward, census (MiB)"
-    for (variant, dtype, causal), cells in _groups(run).items():
+    for (variant, dtype, mode), cells in _groups(run).items():
         seq_lens = sorted({c.cell.seq_len for c in cells})
         head_dims = sorted({c.cell.head_dim for c in cells})
         by_shape = {(c.cell.seq_len, c.cell.head_dim): c for c in cells}
         shapes = sorted({(c.cell.batch, c.cell.heads) for c in cells})
         shape_note = ", ".join(f"batch {b} × heads {h}" for b, h in shapes)
-        lines += [f"### {variant} · {dtype} · {'causal' if causal else 'non-causal'} ({shape_note})", ""]
+        lines += [f"### {variant} · {dtype} · {_mode_text(mode)} ({shape_note})", ""]
         for title, value in (
             ("Forward (ms)", lambda c: _time(run, c, "forward")),
             ("Backward (ms)", lambda c: _time(run, c, "backward")),
@@ -120,12 +140,12 @@ def seed_tables(run: Run) -> list[str]:
 
 
 def _largest_common_cell(run: Run) -> tuple | None:
-    """The largest (seq_len, head_dim, batch, heads, dtype, causal) at which every variant present was measured."""
+    """The largest (seq_len, head_dim, batch, heads, dtype, mode) at which every variant present was measured."""
     shape_variants: dict[tuple, set] = defaultdict(set)
     variants_per_mode: dict[tuple, set] = defaultdict(set)
     for rec in run.cells.values():
         c = rec.cell
-        mode = (c.dtype, c.causal)
+        mode = (c.dtype, _mode(c))
         variants_per_mode[mode].add(c.variant)
         if rec.status in TIMED_STATUSES:
             shape_variants[(c.seq_len, c.head_dim, c.batch, c.heads, *mode)].add(c.variant)
@@ -143,9 +163,9 @@ def comparison(run: Run) -> list[str]:
     shape = _largest_common_cell(run)
     if shape is None:
         return ["No cell was measured for every variant, so there is no like-for-like comparison.", ""]
-    seq_len, head_dim, batch, heads, dtype, causal = shape
+    seq_len, head_dim, batch, heads, dtype, mode = shape
     cells = [r for r in run.cells.values()
-             if (r.cell.seq_len, r.cell.head_dim, r.cell.batch, r.cell.heads, r.cell.dtype, r.cell.causal) == shape]
+             if (r.cell.seq_len, r.cell.head_dim, r.cell.batch, r.cell.heads, r.cell.dtype, _mode(r.cell)) == shape]
     rows = []
     for c in cells:
         v, m = c.cell.variant, c.memory
@@ -160,7 +180,7 @@ def comparison(run: Run) -> list[str]:
     if all(c.accuracy is None for c in cells):  # a run made without the accuracy check
         header, rows = header[:-1], [row[:-1] for row in rows]
     title = (f"### Variants at seq_len {seq_len}, head_dim {head_dim}, batch {batch}, heads {heads}, {dtype}, "
-             f"{'causal' if causal else 'non-causal'}")
+             f"{_mode_text(mode)}")
     return [title, "", render.table(header, rows), ""]
 
 
@@ -180,7 +200,7 @@ def fit_exponent(xs: list[float], ys: list[float]) -> float | None:
 def scaling(run: Run) -> list[str]:
     """Fitted exponents of time and memory in seq_len, per variant, at its largest head_dim."""
     rows = []
-    for (variant, dtype, causal), cells in _groups(run).items():
+    for (variant, dtype, mode), cells in _groups(run).items():
         head_dim = max(c.cell.head_dim for c in cells)
         ok = sorted((c for c in cells if c.cell.head_dim == head_dim and c.status in TIMED_STATUSES),
                     key=lambda c: c.cell.seq_len)[-SCALING_FIT_POINTS:]
@@ -190,7 +210,7 @@ def scaling(run: Run) -> list[str]:
             slope = fit_exponent(xs, values)
             return render.MISSING if slope is None else f"{slope:.2f}"
 
-        rows.append([variant, dtype, "causal" if causal else "full", str(head_dim),
+        rows.append([variant, dtype, _mode_text(mode, plain="full"), str(head_dim),
                      f"{xs[0]}–{xs[-1]}" if xs else render.MISSING,
                      exponent([c.median_s("forward") for c in ok]), exponent([c.median_s("backward") for c in ok]),
                      exponent([_memory(c) for c in ok])])
@@ -360,9 +380,9 @@ def write_plots(run: Run, directory: Path) -> list[Path]:
 
     figures: dict[tuple, list[CellRecord]] = defaultdict(list)
     for rec in run.cells.values():
-        figures[(rec.cell.dtype, rec.cell.causal, rec.cell.head_dim)].append(rec)
+        figures[(rec.cell.dtype, _mode(rec.cell), rec.cell.head_dim)].append(rec)
     written = []
-    for (dtype, causal, head_dim), cells in sorted(figures.items()):
+    for (dtype, mode, head_dim), cells in sorted(figures.items()):
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
         panels = (("forward ms", lambda c: (c.median_s("forward") or 0) * 1e3),
                   ("backward ms", lambda c: (c.median_s("backward") or 0) * 1e3),
@@ -381,10 +401,9 @@ def write_plots(run: Run, directory: Path) -> list[Path]:
             ax.set_title(label)
             ax.grid(True, which="both", alpha=0.3)
         axes[0].legend(fontsize=8)
-        mask = "causal" if causal else "full"
-        fig.suptitle(f"{run.device_label} · {dtype} · {mask} · head_dim {head_dim}")
+        fig.suptitle(f"{run.device_label} · {dtype} · {_mode_text(mode, plain='full')} · head_dim {head_dim}")
         fig.tight_layout()
-        path = directory / f"{dtype}-{mask}-d{head_dim}.png"
+        path = directory / f"{dtype}-{_mode_slug(mode)}-d{head_dim}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)

@@ -347,3 +347,19 @@ def test_fit_exponent_of_degenerate_input_is_none(xs, ys):
 def test_fit_exponent_rejects_mismatched_lengths():
     with pytest.raises(ValueError):
         fit_exponent([1, 2, 3], [1, 2])
+
+
+def test_masks_and_gqa_get_tables_and_plots_of_their_own(tmp_path, capsys):
+    """Cells that differ only in mask or k/v heads are different work: the report never mixes them."""
+    from suite_runs import run_suite
+
+    run = run_suite(tmp_path / "masked.json", "--attn-variants", "naive,tiled", "--attn-heads", "2",
+                    "--attn-heads-kv", "1,2", "--attn-masks", "none,causal sliding_window:8")
+    assert run.returncode == 0, run.output[-3000:]
+    text = report(capsys, str(run.json_path), "--plots", str(tmp_path / "plots"))
+    for heading in ("### tiled · fp32 · non-causal (", "### tiled · fp32 · non-causal, GQA 2:1 (",
+                    "### tiled · fp32 · causal sliding_window:8 (", "### tiled · fp32 · causal sliding_window:8, GQA 2:1 ("):
+        assert heading in text, f"no table {heading!r} in:\n{text[:3000]}"
+    plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert plots == ["fp32-causal-sliding_window8-d16.png", "fp32-causal-sliding_window8-gqa2-d16.png",
+                     "fp32-full-d16.png", "fp32-full-gqa2-d16.png"], plots
