@@ -183,7 +183,8 @@ def parse_mask(text: str, seq_len: int | None = None, *, seed: int = 0) -> tuple
 
     ``none``, ``causal``, ``sliding_window:W``, ``document:D`` (D documents whose lengths are drawn from a
     fixed seed, so every run and every variant sees the same documents; needs ``seq_len``),
-    ``prefix_lm:F`` (F a fraction of seq_len written with a '.', such as 0.25, or an integer prefix), each optionally preceded by
+    ``prefix_lm:F`` (F a fraction of seq_len written with a '.', such as 0.25, or an integer prefix), each
+    optionally preceded by
     ``causal `` (``causal sliding_window:1024``). ValueError naming the forms otherwise.
     """
     forms = "none, causal, sliding_window:W, document:D, prefix_lm:F, optionally prefixed with 'causal '"

@@ -78,7 +78,8 @@ class _PlainFromOutputAndLse(torch.autograd.Function):
         grad_probs = (grad_out @ v.transpose(-2, -1)).to(lse.dtype)
         delta = (grad_out.to(lse.dtype) * out.to(lse.dtype)).sum(dim=-1, keepdim=True)  # D from the kept O
         grad_scores = (probs * (grad_probs - delta)).to(q.dtype) * softmax_scale(q.shape[-1])
-        return grad_scores @ k, grad_scores.transpose(-2, -1) @ q, probs.to(v.dtype).transpose(-2, -1) @ grad_out, None, None
+        grad_v = probs.to(v.dtype).transpose(-2, -1) @ grad_out
+        return grad_scores @ k, grad_scores.transpose(-2, -1) @ q, grad_v, None, None
 
 
 def plain_attention_from_output_and_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,

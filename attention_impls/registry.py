@@ -79,7 +79,8 @@ class Variant:
     supports, AND-ed with causal; none by default), ``gqa`` (whether k and v may have fewer heads than q;
     False by default), ``prepare(seq_len, causal, mask, device)`` (an optional per-cell setup, such as
     building a block mask, that the benchmark runs and times once, outside the timed calls), ``expands_kv``
-    (with GQA, whether autograd keeps k and v expanded to every query head), and ``cpu_interpreted``: a GPU kernel that runs on CPU
+    (with GQA, whether autograd keeps k and v expanded to every query head), and ``cpu_interpreted``: a GPU
+    kernel that runs on CPU
     only in an interpreter, correct but too slow to time, so the CPU grid leaves it out unless asked.
     """
 
@@ -177,7 +178,8 @@ def register(name: str, *, saved_nxn: int, **metadata) -> Callable[[Impl], Impl]
         if "masks" in metadata:
             unknown = set(metadata["masks"]) - set(MASK_KINDS)
             if unknown:
-                raise ValueError(f"variant {name!r}: unknown mask kinds {sorted(unknown)}; known: {', '.join(MASK_KINDS)}")
+                raise ValueError(f"variant {name!r}: unknown mask kinds {sorted(unknown)}; "
+                                 f"known: {', '.join(MASK_KINDS)}")
             metadata["masks"] = frozenset(metadata["masks"])
         description = metadata.pop("description", None) or (impl.__doc__ or "").strip().splitlines()[0]
         VARIANTS[name] = Variant(name=name, impl=impl, saved_nxn=saved_nxn, description=description, **metadata)

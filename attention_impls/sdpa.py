@@ -42,7 +42,8 @@ _CUDA_CHECKS = {
 #: what PyTorch's checks typically ask of each fused backend (said alongside a refusal).
 _LIMITS = {
     SDPBackend.FLASH_ATTENTION: "fp16/bf16, head_dim a multiple of 8 up to 256, and seq_q == seq_k when causal",
-    SDPBackend.EFFICIENT_ATTENTION: "head_dim a multiple of 8 for fp16/bf16 (4 for fp32), and seq_q == seq_k when causal",
+    SDPBackend.EFFICIENT_ATTENTION: ("head_dim a multiple of 8 for fp16/bf16 (4 for fp32), and seq_q == seq_k "
+                                     "when causal"),
     SDPBackend.CUDNN_ATTENTION: "fp16/bf16, head_dim a multiple of 8 up to 128 (256 on Hopper), and seq_q == seq_k "
                                 "when causal",
 }

@@ -57,7 +57,8 @@ class Finding:
 
     def describe(self) -> str:
         change = f" ({self.change_pct:+.1f}%)" if self.change_pct is not None else ""
-        return f"{self.name} {self.metric}: {self.baseline} -> {self.current}{change}{' ' + self.note if self.note else ''}"
+        note = f" {self.note}" if self.note else ""
+        return f"{self.name} {self.metric}: {self.baseline} -> {self.current}{change}{note}"
 
 
 @dataclass

@@ -264,7 +264,8 @@ def parse_causal(text: str) -> tuple[bool, ...]:
     values = []
     for item in _items(text):
         if item.lower() not in _CAUSAL_WORDS:
-            raise argparse.ArgumentTypeError(f"{item!r} is not a causal flag; allowed: false, true (or both: false,true)")
+            raise argparse.ArgumentTypeError(f"{item!r} is not a causal flag; allowed: false, true "
+                                             "(or both: false,true)")
         values.append(_CAUSAL_WORDS[item.lower()])
     return tuple(dict.fromkeys(values))
 

@@ -1,4 +1,4 @@
-"""``attnbench history [STORAGE_OR_RUN_FILES...] --html DIR``: every cell's figures over commits, and where each step began.
+"""``attnbench history [STORAGE_OR_RUN_FILES...] --html DIR``: every cell's figures over commits, and steps.
 
 Runs are read through ``attnbench.record`` (``.json`` and ``.json.gz``, a storage folder searched whole) and
 grouped by environment (``Run.environment``: the device measured, driver major version, CUDA, torch, triton,
@@ -10,9 +10,9 @@ Steps. Each (cell, metric) series, one value per commit, is taken in log space (
 by its noise σ: the largest of the commit-to-commit noise (1.4826 × the median absolute difference of
 consecutive commits / √2, or the root mean square of those differences without the largest fifth, whichever
 is larger: a few steps move neither; times 1 + 2.5/√k for an estimate from k differences),
-the spread between runs of one commit, and a floor per kind of figure (NOISE_FLOOR). Change points are the exact minimum of PELT's objective (squared error
-around each segment's mean, plus PENALTY_PER_LOG_N × ln n per change point, segments of at least
-MIN_SEGMENT commits); a change point is kept as a step only when
+the spread between runs of one commit, and a floor per kind of figure (NOISE_FLOOR). Change points are the
+exact minimum of PELT's objective (squared error around each segment's mean, plus PENALTY_PER_LOG_N × ln n
+per change point, segments of at least MIN_SEGMENT commits); a change point is kept as a step only when
 
 - the segments' medians differ by at least STEP_NOISE_MULTIPLE σ and by MIN_STEP_RATIO of the kind,
 - at least PERSISTENCE of each segment lies on its own side of the midpoint between the medians (a commit
@@ -607,7 +607,8 @@ def markdown(history: History, *, page: str | None = None) -> str:
         lines += ["", "Runs of different environments are kept on separate lines; each step names its own."]
     if history.skipped:
         shown = history.skipped[:SUMMARY_SKIPPED]
-        lines += ["", f"Skipped runs{f' ({len(shown)} of {len(history.skipped)})' if len(history.skipped) > len(shown) else ''}:", ""]
+        count = f" ({len(shown)} of {len(history.skipped)})" if len(history.skipped) > len(shown) else ""
+        lines += ["", f"Skipped runs{count}:", ""]
         lines.append(render.table(["run", "why skipped"], [[f"`{s.path}`", s.reason] for s in shown]))
     return "\n".join(lines) + "\n"
 

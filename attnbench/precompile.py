@@ -11,8 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .grid import (NO_MASK, PRESETS, parse_causal, parse_dtypes, parse_positive_int, parse_positive_ints,
-                   parse_preset, split_mask_label)
+from .grid import (
+    NO_MASK,
+    PRESETS,
+    parse_causal,
+    parse_dtypes,
+    parse_positive_int,
+    parse_positive_ints,
+    parse_preset,
+    split_mask_label,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

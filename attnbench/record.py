@@ -621,6 +621,9 @@ class _Reader:
         if _plain_cell(fields):
             self.later_axes(entry, saved=True)
             return Cell(**{a: fields[a] for a in AXES}, device=device)
+        for axis in LATER_AXES:
+            if axis in fields and fields[axis] is None:
+                self.fail(entry, f"{axis} is null; a run saved before it lacks the key, it never saves null")
         self.later_axes(entry, saved=all(a in fields for a in LATER_AXES))
         missing = [a for a in AXES if a not in fields and a not in LATER_AXES]
         if missing:

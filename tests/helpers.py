@@ -79,3 +79,26 @@ def reference_forward_backward(q, k, v, grad_out, *, causal: bool):
     out, lse = reference(*leaves, causal=causal)
     out.backward(grad_out.double())
     return out.detach(), lse.detach(), tuple(t.grad for t in leaves)
+
+
+# -- triton_flash: where its tests can run, and its tolerance (one definition for its test files)
+
+
+def triton_flash_marks():
+    """(needs_interpreter, needs_gpu): skip marks naming why triton_flash cannot run on CPU (in Triton's
+    interpreter) or on a CUDA GPU here."""
+    import pytest
+
+    from attention_impls import get_variant
+
+    variant = get_variant("triton_flash")
+    cpu_reason = variant.unavailable_reason("cpu", torch.float32)
+    gpu_reason = ("needs a CUDA GPU" if not torch.cuda.is_available()
+                  else variant.unavailable_reason("cuda", torch.float16))
+    return (pytest.mark.skipif(cpu_reason is not None, reason=f"CPU run unavailable: {cpu_reason}"),
+            pytest.mark.skipif(gpu_reason is not None, reason=f"GPU run unavailable: {gpu_reason}"))
+
+
+#: triton_flash's tolerance against float64: ERROR_FACTOR x the plain computation's error plus a floor per dtype
+ERROR_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
+ERROR_FACTOR = 2.0

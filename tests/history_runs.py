@@ -45,7 +45,8 @@ def cell_record(cell: Cell, rng: np.random.Generator, *, time_factor: float = 1.
     """A measured cell: both passes' statistics, memory figures, and an accuracy record."""
     passes = {}
     for i, pass_name in enumerate(PASSES):
-        median = BASE_TIME_S * (1 + 1.5 * i) * cell.seq_len / 256 * time_factor * float(np.exp(rng.normal(0, RUN_NOISE)))
+        noise = float(np.exp(rng.normal(0, RUN_NOISE)))
+        median = BASE_TIME_S * (1 + 1.5 * i) * cell.seq_len / 256 * time_factor * noise
         stats = {"min": median * 0.95, "max": median * 1.1, "mean": median * 1.01, "median": median,
                  "q1": median * (1 - ROUND_NOISE), "q3": median * (1 + ROUND_NOISE), "iqr": median * 2 * ROUND_NOISE,
                  "stddev": median * ROUND_NOISE, "rounds": rounds or 20, "iterations": 1, "ops": 1 / median}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import available_devices
 from helpers import random_qkv
 
 from attention_impls import VARIANTS
 from attnbench.census import census_of_attention, take_census
+from conftest import available_devices
 
 
 def census_cases():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import available_devices
 from helpers import (
     GRAD_ERROR_MULTIPLE,
     OUT_ERROR_MULTIPLE,
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from attention_impls import VARIANTS, tiled_attention
 from attention_impls.reference import plain_yardstick
+from conftest import available_devices
 
 # Awkward on purpose: 1, primes, non-powers of two, one past a block boundary.
 SEQ_LENS = st.sampled_from([1, 2, 3, 7, 16, 17, 31, 64, 97, 128, 129])

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from suite_runs import PASSES, TINY_SEQ_LENS, TINY_VARIANTS, SuiteRun, run_suite
 
 from attnbench import cli, gate

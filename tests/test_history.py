@@ -334,7 +334,8 @@ def test_page_draws_filters_and_lists_the_step_in_chromium(stepped_storage, tmp_
     storage, expected = stepped_storage
     page = history_page.write(history.build_history([storage]), tmp_path / "site")
     browser.get(page.as_uri())
-    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return window.historyPage && window.historyPage.ready"))
+    WebDriverWait(browser, 20).until(
+        lambda d: d.execute_script("return window.historyPage && window.historyPage.ready"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] if hasattr(browser, "get_log") else []
     assert not errors, errors
 

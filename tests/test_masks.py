@@ -70,7 +70,8 @@ def check_against_reference(name, q, k, v, grad_out, causal, mask):
 
 @pytest.mark.parametrize("name", CHEAP)
 @given(data=st.data(), seq_len=st.sampled_from(SEQ_LENS), heads_kv=st.integers(1, 2), group=st.sampled_from([1, 2, 3]),
-       head_dim=st.sampled_from([8, 16, 59]), causal=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]),
+       head_dim=st.sampled_from([8, 16, 59]), causal=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]),
        logit_scale=st.sampled_from([1.0, 8.0]), seed=st.integers(0, 2**31 - 1))
 @settings(max_examples=15)
 def test_masked_gqa_attention_matches_the_reference(name, data, seq_len, heads_kv, group, head_dim, causal, dtype,

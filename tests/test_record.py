@@ -311,7 +311,8 @@ def test_readme_documents_every_saved_key():
     readme = (REPO_ROOT / "README.md").read_text()
     keys_section = readme[readme.index("### Saved JSON keys"):readme.index("## Gating pull requests")]
     documented = set(re.findall(r"`([a-z_0-9]+)`", keys_section))
-    written = (set(record.RUN_KEYS) | set(record.OPTIONAL_RUN_KEYS) | set(record.CELL_KEYS) | set(record.PASS_KEYS) | set(record.ENV_KEYS)
+    written = (set(record.RUN_KEYS) | set(record.OPTIONAL_RUN_KEYS) | set(record.CELL_KEYS) | set(record.PASS_KEYS)
+               | set(record.ENV_KEYS)
                | set(record.ACCURACY_KEYS) | set(record.TENSOR_ERROR_KEYS) | {"out", "dq", "dk", "dv"}
                | set(record.MACHINE_KEYS) | set(record.SHARD_KEYS) | set(record.SHARD_MACHINE_KEYS)
                | {"mode", "flush_l2", "attnbench", "extra_info", "params"})

@@ -358,7 +358,8 @@ def test_masks_and_gqa_get_tables_and_plots_of_their_own(tmp_path, capsys):
     assert run.returncode == 0, run.output[-3000:]
     text = report(capsys, str(run.json_path), "--plots", str(tmp_path / "plots"))
     for heading in ("### tiled · fp32 · non-causal (", "### tiled · fp32 · non-causal, GQA 2:1 (",
-                    "### tiled · fp32 · causal sliding_window:8 (", "### tiled · fp32 · causal sliding_window:8, GQA 2:1 ("):
+                    "### tiled · fp32 · causal sliding_window:8 (",
+                    "### tiled · fp32 · causal sliding_window:8, GQA 2:1 ("):
         assert heading in text, f"no table {heading!r} in:\n{text[:3000]}"
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert plots == ["fp32-causal-sliding_window8-d16.png", "fp32-causal-sliding_window8-gqa2-d16.png",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_cuda
 
 from attnbench import timing
+from conftest import requires_cuda
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: the suite's median must be within this of an independent CUDA-event median ...

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 import torch
+from helpers import ERROR_FACTOR, ERROR_FLOOR, triton_flash_marks
 
 from attention_impls import get_variant, reference
 from attention_impls import triton_flash as tf
@@ -24,17 +25,7 @@ from attention_impls.reference import plain_attention
 
 triton, tl = tf.triton, tf.tl  # None without Triton (the tests that need them skip)
 VARIANT = get_variant("triton_flash")
-CPU_REASON = VARIANT.unavailable_reason("cpu", torch.float32)
-GPU_REASON = (
-    "needs a CUDA GPU" if not torch.cuda.is_available() else VARIANT.unavailable_reason("cuda", torch.float16)
-)
-
-needs_interpreter = pytest.mark.skipif(CPU_REASON is not None, reason=f"CPU run unavailable: {CPU_REASON}")
-needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"GPU run unavailable: {GPU_REASON}")
-
-#: absolute part of the tolerance, per dtype (TF32 is Triton's and torch's fp32 matmul on GPU when allowed)
-ERROR_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
-ERROR_FACTOR = 2.0
+needs_interpreter, needs_gpu = triton_flash_marks()
 GRAD_NAMES = ("out", "dq", "dk", "dv")
 
 
@@ -68,7 +59,8 @@ def assert_matches_reference(seq_q, seq_k, head_dim, causal, dtype, device, batc
     if dtype == torch.float32 and device == "cuda" and torch.backends.cuda.matmul.allow_tf32:
         floor = 2e-3
     for name, m, r, p in zip(GRAD_NAMES, mine, ref, plain):
-        assert m.dtype == dtype and m.shape == r.shape, f"{name}: expected {dtype} {tuple(r.shape)}, got {m.dtype} {tuple(m.shape)}"
+        assert m.dtype == dtype and m.shape == r.shape, (
+            f"{name}: expected {dtype} {tuple(r.shape)}, got {m.dtype} {tuple(m.shape)}")
         err, limit = rel_err(m, r), ERROR_FACTOR * rel_err(p, r) + floor
         assert math.isfinite(err) and err <= limit, (
             f"{name} off the float64 reference by {err:.2e} (limit {limit:.2e} = 2x plain {dtype} error + "
@@ -244,7 +236,8 @@ BAD_PRECOMPILE_ARGS = [
     pytest.param({"head_dims": [64], "causal": []}, TypeError, r"causal must be True, False or", id="causal-empty"),
     pytest.param({"head_dims": [64], "tf32": [1]}, TypeError, r"tf32 must be True, False or", id="tf32-int"),
     pytest.param({"head_dims": [64], "workers": 0}, ValueError, r"workers must be at least 1, got 0", id="workers-0"),
-    pytest.param({"head_dims": [64], "workers": 2.5}, TypeError, r"workers must be an int, got float", id="workers-float"),
+    pytest.param({"head_dims": [64], "workers": 2.5}, TypeError, r"workers must be an int, got float",
+                 id="workers-float"),
 ]
 
 

@@ -20,6 +20,7 @@ import math
 
 import pytest
 import torch
+from helpers import ERROR_FACTOR, ERROR_FLOOR, triton_flash_marks
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,16 +30,7 @@ from attention_impls.masks import dense_mask, document, prefix_lm, sliding_windo
 from attention_impls.registry import Variant, softmax_scale
 
 VARIANT = get_variant("triton_flash")
-CPU_REASON = VARIANT.unavailable_reason("cpu", torch.float32)
-GPU_REASON = (
-    "needs a CUDA GPU" if not torch.cuda.is_available() else VARIANT.unavailable_reason("cuda", torch.float16)
-)
-needs_interpreter = pytest.mark.skipif(CPU_REASON is not None, reason=f"CPU run unavailable: {CPU_REASON}")
-needs_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"GPU run unavailable: {GPU_REASON}")
-
-#: absolute part of the tolerance, per dtype
-ERROR_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
-ERROR_FACTOR = 2.0
+needs_interpreter, needs_gpu = triton_flash_marks()
 NAMES = ("out", "dq", "dk", "dv")
 #: the public entry point, through the registry's validation: ``fn(q, k, v, causal=..., mask=...)``
 attention = VARIANT.fn
@@ -288,9 +280,10 @@ BAD_INPUTS = [
     # (q heads, k heads, v heads, seq_q, seq_k, mask, exception, message)
     pytest.param(6, 4, 4, 8, 8, None, ValueError, r"q's heads \(6\) must be a multiple of k's and v's heads_kv \(4\)",
                  id="heads-not-a-multiple"),
-    pytest.param(4, 2, 1, 8, 8, None, ValueError, r"k and v must have the same heads_kv, got 2 and 1", id="k-v-heads-differ"),
-    pytest.param(4, 2, 2, 8, 8, prefix_lm(3), ValueError, r"does not support prefix_lm masks; its masks: document, sliding_window",
-                 id="prefix-lm"),
+    pytest.param(4, 2, 1, 8, 8, None, ValueError, r"k and v must have the same heads_kv, got 2 and 1",
+                 id="k-v-heads-differ"),
+    pytest.param(4, 2, 2, 8, 8, prefix_lm(3), ValueError,
+                 r"does not support prefix_lm masks; its masks: document, sliding_window", id="prefix-lm"),
     pytest.param(2, 2, 2, 8, 9, sliding_window(3), ValueError, r"masks need seq_q == seq_k", id="seq-mismatch"),
     pytest.param(2, 1, 1, 8, 8, document([3, 4]), ValueError, r"document lengths sum to 7, not the sequence length 8",
                  id="document-lengths"),
