@@ -471,10 +471,18 @@ def measure(args, device: torch.device, progress: Callable[[list, dict], None] |
 
 
 def _progress(result: dict) -> str:
+    """A cell's line in the log: its times, and where measured its peak memory per GPU and exchange time."""
     if result["status"] != "ok":
         return f"{result['status']} ({result.get('message', '')})"
     passes = result["passes"]
-    return f"fwd {render.ms(passes['forward']['median'])} ms, bwd {render.ms(passes['backward']['median'])} ms"
+    line = f"fwd {render.ms(passes['forward']['median'])} ms, bwd {render.ms(passes['backward']['median'])} ms"
+    peak = result.get("memory", {}).get("peak_bytes")
+    if peak is not None:
+        line += f", peak {render.size(peak)} per GPU"
+    extra = result.get("extra", {})
+    if extra:
+        line += ", comm " + " / ".join(f"{render.ms(extra[p]['comm_s'])}" for p in ("forward", "backward")) + " ms"
+    return line
 
 
 def planned_cells(args) -> int:

@@ -230,6 +230,9 @@ def test_cp_command_on_two_cpu_ranks(tmp_path):
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"attnbench cp exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     assert "efficiency fwd / bwd" in done.stdout, f"no table printed:\n{done.stdout}"
+    ring_lines = [line for line in done.stdout.splitlines() if line.startswith("[cp]") and " ring " in line]
+    assert ring_lines and all(", comm " in line for line in ring_lines), (
+        f"every ring cell's progress line gives its exchange time:\n{done.stdout}")
     run = load(run_path)
     assert run.world_size == 2 and run.preset == "context-parallel"
     statuses = {key: rec.status for key, rec in run.cells.items()}
