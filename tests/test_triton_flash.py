@@ -301,6 +301,7 @@ def test_precompile_plans_every_tile_the_autotuner_may_try(dtype):
     assert len(planned) == len(jobs), "a kernel variant is planned twice"
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_gpu_precompile_compiles_a_key_and_the_variant_then_runs():
     result = tf.precompile([16], [torch.float16], causal=[False], workers=2)
@@ -332,12 +333,14 @@ def gpu_cases():
                                    id=f"{dtype_name}-d{head_dim}-{'causal' if causal else 'full'}-{seq_q}x{seq_k}")
 
 
+@pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize(("dtype", "head_dim", "causal", "seq_q", "seq_k"), list(gpu_cases()))
 def test_gpu_matches_reference(dtype, head_dim, causal, seq_q, seq_k):
     assert_matches_reference(seq_q, seq_k, head_dim, causal, dtype, "cuda")
 
 
+@pytest.mark.gpu
 @needs_gpu
 def test_gpu_tf32_follows_torch_setting(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
