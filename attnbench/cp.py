@@ -630,6 +630,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Entry point of ``attnbench cp``."""
+    unwritable = _unwritable_output(args)
+    if unwritable:
+        print(f"attnbench cp: {unwritable}; nothing was measured", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         if args.nproc is None:
             print("attnbench cp: run it under torchrun (torchrun --nproc-per-node N -m attnbench cp ...), "
@@ -661,6 +665,20 @@ def run(args) -> int:
     finally:
         dist.destroy_process_group()
     return status
+
+
+def _unwritable_output(args) -> str | None:
+    """Why the run could not be saved where it is asked for (checked before anything is measured), or None."""
+    if args.output is not None:
+        folder = Path(args.output).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            return f"cannot write the run to {args.output}: {folder} is not a writable folder"
+        return None
+    try:
+        Path(args.storage).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot save runs under {args.storage}: {exc}"
+    return None if os.access(args.storage, os.W_OK) else f"cannot save runs under {args.storage}: not writable"
 
 
 def _start_torchrun(nproc: int, argv: list[str]) -> int:

@@ -303,3 +303,12 @@ def test_cp_keeps_what_it_measured_when_stopped(tmp_path):
     RunWriter(args, torch.device("cpu"), world_size=2).progress([], {})
     run = load(run_path)
     assert not run.complete and run.stop_reason == "stopped after 0 of 12 cells", (run.complete, run.stop_reason)
+
+
+def test_cp_refuses_an_output_it_cannot_write_before_measuring(tmp_path, capsys):
+    """Exit 3 with the reason, before any rank starts: a run that could not be saved is not measured."""
+    from attnbench.cli import main
+
+    assert main(["cp", "--device", "cpu", "--seq-lens", "8", "-o", str(tmp_path / "no" / "such" / "run.json")]) == 3
+    err = capsys.readouterr().err
+    assert "is not a writable folder; nothing was measured" in err, err
