@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from attention_impls import reference
@@ -102,3 +104,32 @@ def triton_flash_marks():
 #: triton_flash's tolerance against float64: ERROR_FACTOR x the plain computation's error plus a floor per dtype
 ERROR_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
 ERROR_FACTOR = 2.0
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||, ||b|| floored at an RMS of 0.1: exactly-zero references (dQ, dK when every query sees
+    one key; dK = dV = 0 for a key no query sees) are judged on the scale of the unit-RMS inputs."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(0.1 * math.sqrt(b.numel()))).item()
+
+
+def output_and_grads(fn, q, k, v, grad_out) -> tuple[torch.Tensor, ...]:
+    """(out, dq, dk, dv) of ``fn`` on fresh leaf copies of q, k and v."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    return (out, *torch.autograd.grad(out, (q, k, v), grad_out))
+
+
+def assert_flash_rule(mine, ref, plain, *, dtype: torch.dtype, device: str, case: str) -> None:
+    """triton_flash's tolerance: each of out, dq, dk, dv in ``dtype``, and off the float64 reference by at most
+    ERROR_FACTOR x the plain computation's error plus ERROR_FLOOR (TF32 on a GPU, when allowed: 2e-3)."""
+    floor = ERROR_FLOOR[dtype]
+    if dtype == torch.float32 and device == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        floor = 2e-3
+    for name, m, r, p in zip(("out", "dq", "dk", "dv"), mine, ref, plain, strict=True):
+        assert m.dtype == dtype and m.shape == r.shape, (
+            f"{name}: expected {dtype} {tuple(r.shape)}, got {m.dtype} {tuple(m.shape)} ({case})")
+        err, limit = rel_err(m, r), ERROR_FACTOR * rel_err(p, r) + floor
+        assert math.isfinite(err) and err <= limit, (
+            f"{name} off the float64 reference by {err:.2e} (limit {limit:.2e} = {ERROR_FACTOR:g}x the plain error "
+            f"+ {floor:.0e}) for {case}")

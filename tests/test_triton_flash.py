@@ -17,7 +17,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ERROR_FACTOR, ERROR_FLOOR, triton_flash_marks
+from helpers import assert_flash_rule, output_and_grads, rel_err, triton_flash_marks
 
 from attention_impls import get_variant, reference
 from attention_impls import triton_flash as tf
@@ -29,13 +29,6 @@ needs_interpreter, needs_gpu = triton_flash_marks()
 GRAD_NAMES = ("out", "dq", "dk", "dv")
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||, ||b|| floored at an RMS of 0.1: exactly-zero references (dQ, dK when
-    every query sees one key) are judged on the scale of the unit-RMS inputs."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(0.1 * math.sqrt(b.numel()))).item()
-
-
 def make_inputs(batch, heads, seq_q, seq_k, head_dim, dtype, device, seed=0):
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shapes = [(batch, heads, seq_q, head_dim), (batch, heads, seq_k, head_dim), (batch, heads, seq_k, head_dim),
@@ -43,29 +36,14 @@ def make_inputs(batch, heads, seq_q, seq_k, head_dim, dtype, device, seed=0):
     return [torch.randn(s, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype) for s in shapes]
 
 
-def forward_backward(fn, q, k, v, grad_out):
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out = fn(q, k, v)
-    return (out, *torch.autograd.grad(out, (q, k, v), grad_out))
-
-
 def assert_matches_reference(seq_q, seq_k, head_dim, causal, dtype, device, batch=2, heads=2):
     q, k, v, grad_out = make_inputs(batch, heads, seq_q, seq_k, head_dim, dtype, device)
-    mine = forward_backward(lambda *a: VARIANT(*a, causal=causal), q, k, v, grad_out)
-    ref = forward_backward(lambda *a: reference(*a, causal=causal)[0], q.double(), k.double(), v.double(),
+    mine = output_and_grads(lambda *a: VARIANT(*a, causal=causal), q, k, v, grad_out)
+    ref = output_and_grads(lambda *a: reference(*a, causal=causal)[0], q.double(), k.double(), v.double(),
                            grad_out.double())
-    plain = forward_backward(lambda *a: plain_attention(*a, causal=causal), q, k, v, grad_out)
-    floor = ERROR_FLOOR[dtype]
-    if dtype == torch.float32 and device == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        floor = 2e-3
-    for name, m, r, p in zip(GRAD_NAMES, mine, ref, plain):
-        assert m.dtype == dtype and m.shape == r.shape, (
-            f"{name}: expected {dtype} {tuple(r.shape)}, got {m.dtype} {tuple(m.shape)}")
-        err, limit = rel_err(m, r), ERROR_FACTOR * rel_err(p, r) + floor
-        assert math.isfinite(err) and err <= limit, (
-            f"{name} off the float64 reference by {err:.2e} (limit {limit:.2e} = 2x plain {dtype} error + "
-            f"{floor:.0e}) for seq_q={seq_q} seq_k={seq_k} head_dim={head_dim} causal={causal}"
-        )
+    plain = output_and_grads(lambda *a: plain_attention(*a, causal=causal), q, k, v, grad_out)
+    assert_flash_rule(mine, ref, plain, dtype=dtype, device=device,
+                      case=f"seq_q={seq_q} seq_k={seq_k} head_dim={head_dim} causal={causal}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,8 +82,8 @@ def test_non_contiguous_inputs():
     # the same values laid out (batch, seq, heads, head_dim) and viewed back: strides, not copies
     q_t, k_t, v_t = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     assert not q_t.is_contiguous()
-    mine = forward_backward(lambda *a: VARIANT(*a, causal=True), q_t, k_t, v_t, grad_out)
-    ref = forward_backward(lambda *a: reference(*a, causal=True)[0], q.double(), k.double(), v.double(),
+    mine = output_and_grads(lambda *a: VARIANT(*a, causal=True), q_t, k_t, v_t, grad_out)
+    ref = output_and_grads(lambda *a: reference(*a, causal=True)[0], q.double(), k.double(), v.double(),
                            grad_out.double())
     for name, m, r in zip(GRAD_NAMES, mine, ref):
         assert rel_err(m, r) < 1e-5, f"{name} wrong for non-contiguous inputs: rel err {rel_err(m, r):.2e}"

@@ -16,11 +16,10 @@ most twice the error of the same masked attention computed plainly in the same p
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
-from helpers import ERROR_FACTOR, ERROR_FLOOR, triton_flash_marks
+from helpers import assert_flash_rule, output_and_grads, rel_err, triton_flash_marks
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -49,12 +48,6 @@ def masked_attention(q, k, v, *, causal, mask):
     return weights @ v
 
 
-def forward_backward(fn, q, k, v, grad_out):
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out = fn(q, k, v)
-    return (out, *torch.autograd.grad(out, (q, k, v), grad_out))
-
-
 def make_inputs(batch, heads, heads_kv, seq, head_dim, dtype, device, seed=0):
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shapes = [(batch, heads, seq, head_dim), (batch, heads_kv, seq, head_dim), (batch, heads_kv, seq, head_dim),
@@ -62,29 +55,14 @@ def make_inputs(batch, heads, heads_kv, seq, head_dim, dtype, device, seed=0):
     return [torch.randn(s, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype) for s in shapes]
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||, ||b|| floored at an RMS of 0.1 (a key no query sees has dK = dV = 0)."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(0.1 * math.sqrt(b.numel()))).item()
-
-
 def assert_matches_reference(seq, heads, heads_kv, head_dim, causal, mask, dtype, device, batch=1):
     q, k, v, grad_out = make_inputs(batch, heads, heads_kv, seq, head_dim, dtype, device)
-    mine = forward_backward(lambda *a: attention(*a, causal=causal, mask=mask), q, k, v, grad_out)
-    ref = forward_backward(lambda *a: masked_attention(*a, causal=causal, mask=mask),
+    mine = output_and_grads(lambda *a: attention(*a, causal=causal, mask=mask), q, k, v, grad_out)
+    ref = output_and_grads(lambda *a: masked_attention(*a, causal=causal, mask=mask),
                            q.double(), k.double(), v.double(), grad_out.double())
-    plain = forward_backward(lambda *a: masked_attention(*a, causal=causal, mask=mask), q, k, v, grad_out)
-    floor = ERROR_FLOOR[dtype]
-    if dtype == torch.float32 and device == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        floor = 2e-3
+    plain = output_and_grads(lambda *a: masked_attention(*a, causal=causal, mask=mask), q, k, v, grad_out)
     case = f"seq={seq} heads={heads}/{heads_kv} head_dim={head_dim} causal={causal} mask={mask} {dtype}"
-    for name, m, r, p in zip(NAMES, mine, ref, plain):
-        assert m.dtype == dtype and m.shape == r.shape, (
-            f"{name}: expected {dtype} {tuple(r.shape)}, got {m.dtype} {tuple(m.shape)} ({case})")
-        err, limit = rel_err(m, r), ERROR_FACTOR * rel_err(p, r) + floor
-        assert math.isfinite(err) and err <= limit, (
-            f"{name} off the float64 reference by {err:.2e} (limit {limit:.2e} = 2x the plain error + {floor:.0e}) "
-            f"for {case}")
+    assert_flash_rule(mine, ref, plain, dtype=dtype, device=device, case=case)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,8 +152,8 @@ def test_batch_and_non_contiguous_gqa_inputs():
     q_t, k_t, v_t = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     assert not k_t.is_contiguous()
     mask = document([20, 1, 20])
-    mine = forward_backward(lambda *a: attention(*a, causal=True, mask=mask), q_t, k_t, v_t, grad_out)
-    ref = forward_backward(lambda *a: masked_attention(*a, causal=True, mask=mask), q.double(), k.double(),
+    mine = output_and_grads(lambda *a: attention(*a, causal=True, mask=mask), q_t, k_t, v_t, grad_out)
+    ref = output_and_grads(lambda *a: masked_attention(*a, causal=True, mask=mask), q.double(), k.double(),
                            v.double(), grad_out.double())
     for name, m, r in zip(NAMES, mine, ref):
         assert rel_err(m, r) < 1e-5, f"{name} wrong for non-contiguous GQA inputs: rel err {rel_err(m, r):.2e}"
@@ -256,9 +234,9 @@ def test_blocks_no_query_of_a_tile_sees_are_skipped(causal, mask, poison_from, d
     poisoned = torch.arange(seq) >= poison_from
     k_nan, v_nan = k.clone(), v.clone()
     k_nan[:, :, poisoned], v_nan[:, :, poisoned] = float("nan"), float("nan")
-    mine = dict(zip(NAMES, forward_backward(lambda *a: attention(*a, causal=causal, mask=mask),
+    mine = dict(zip(NAMES, output_and_grads(lambda *a: attention(*a, causal=causal, mask=mask),
                                             q, k_nan, v_nan, grad_out)))
-    ref = dict(zip(NAMES, forward_backward(lambda *a: masked_attention(*a, causal=causal, mask=mask),
+    ref = dict(zip(NAMES, output_and_grads(lambda *a: masked_attention(*a, causal=causal, mask=mask),
                                            q.double(), k.double(), v.double(), grad_out.double())))
     ok = clean_positions(dense_mask(mask, seq, seq, causal=causal), poisoned)
     assert ok["out"].any() and ok["dq"].any(), "the case leaves no output clean: it tests nothing"
