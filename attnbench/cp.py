@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from . import render
-from .grid import DTYPES, Cell
+from .grid import DTYPES, Cell, parse_positive_int, parse_positive_ints
 
 DEFAULT_SEQ_LENS = (131072, 262144)
 DEFAULT_BATCH, DEFAULT_HEADS, DEFAULT_HEAD_DIM, DEFAULT_DTYPE = 1, 16, 128, "bf16"
@@ -561,23 +561,6 @@ class RunWriter:
 # -- the command line
 
 
-def _positive_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
-
-
-def _positive_int(text: str) -> int:
-    values = _positive_ints(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
-    return values[0]
-
-
 def _causal(text: str) -> tuple[bool, ...]:
     choices = {"both": (False, True), "on": (True,), "off": (False,)}
     if text not in choices:
@@ -599,28 +582,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``cp`` subcommand's arguments."""
     parser.description = __doc__.split("\n\n")[0]
     group = parser.add_argument_group("grid")
-    group.add_argument("--seq-lens", type=_positive_ints, default=DEFAULT_SEQ_LENS, metavar="N,N",
+    group.add_argument("--seq-lens", type=parse_positive_ints, default=DEFAULT_SEQ_LENS, metavar="N,N",
                        help=f"global sequence lengths (default: {','.join(map(str, DEFAULT_SEQ_LENS))})")
     group.add_argument("--causal", type=_causal, default=(False, True), metavar="both|on|off",
                        help="causal, non-causal or both (default: both)")
     group.add_argument("--blocks", type=_blocks, default=DEFAULT_BLOCKS, metavar="NAME,NAME",
                        help=f"ring block ops (default: {','.join(DEFAULT_BLOCKS)})")
-    group.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help=f"default {DEFAULT_BATCH}")
-    group.add_argument("--heads", type=_positive_int, default=DEFAULT_HEADS, help=f"default {DEFAULT_HEADS}")
-    group.add_argument("--head-dim", type=_positive_int, default=DEFAULT_HEAD_DIM, help=f"default {DEFAULT_HEAD_DIM}")
+    group.add_argument("--batch", type=parse_positive_int, default=DEFAULT_BATCH, help=f"default {DEFAULT_BATCH}")
+    group.add_argument("--heads", type=parse_positive_int, default=DEFAULT_HEADS, help=f"default {DEFAULT_HEADS}")
+    group.add_argument("--head-dim", type=parse_positive_int, default=DEFAULT_HEAD_DIM,
+                       help=f"default {DEFAULT_HEAD_DIM}")
     group.add_argument("--dtype", choices=tuple(DTYPES), default=DEFAULT_DTYPE, help=f"default {DEFAULT_DTYPE}")
     group.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                        help="cuda with NCCL, cpu with gloo (default: auto, cuda when there is a GPU)")
     timing = parser.add_argument_group("timing")
-    timing.add_argument("--warmup", type=_positive_int, default=DEFAULT_WARMUP, help=f"default {DEFAULT_WARMUP}")
-    timing.add_argument("--rounds", type=_positive_int, default=DEFAULT_ROUNDS, help=f"default {DEFAULT_ROUNDS}")
+    timing.add_argument("--warmup", type=parse_positive_int, default=DEFAULT_WARMUP, help=f"default {DEFAULT_WARMUP}")
+    timing.add_argument("--rounds", type=parse_positive_int, default=DEFAULT_ROUNDS, help=f"default {DEFAULT_ROUNDS}")
     parser.add_argument("--no-single", dest="single", action="store_false",
                         help="leave out the single-GPU triton_flash run (and so the efficiency)")
     parser.add_argument("--no-context-parallel", dest="context_parallel", action="store_false",
                         help="leave out PyTorch's context_parallel")
     parser.add_argument("--cp-rotate", choices=CP_ROTATE_METHODS, default=DEFAULT_CP_ROTATE,
                         help=f"context_parallel's K/V rotation (default: {DEFAULT_CP_ROTATE})")
-    parser.add_argument("--nproc", type=_positive_int, metavar="N",
+    parser.add_argument("--nproc", type=parse_positive_int, metavar="N",
                         help="start torchrun with N processes on this host (default: expect to run under torchrun)")
     parser.add_argument("-o", "--output", type=Path, metavar="RUN.json", help="write the run here")
     parser.add_argument("--storage", default=".benchmarks",

@@ -45,6 +45,7 @@ import numpy as np
 
 from . import render
 from .compare import RANK_TEST_ALPHA, mann_whitney_greater_p
+from .grid import parse_positive_int
 from .record import DEFAULT_STORAGE, PASSES, TIMED_STATUSES, CellRecord, Commit, RunError, load
 
 EXIT_OK, EXIT_NOTHING_READ, EXIT_OUTPUT_ERROR = 0, 2, 3
@@ -647,19 +648,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--screenshot", type=Path, metavar="PNG",
                         help="with --html: open the page in headless Chromium and save a screenshot (needs selenium "
                              "and chromium with chromium-driver)")
-    parser.add_argument("--workers", type=_positive_int, metavar="N", default=min(os.cpu_count() or 1, 8),
+    parser.add_argument("--workers", type=parse_positive_int, metavar="N", default=min(os.cpu_count() or 1, 8),
                         help="processes reading runs (default: the CPU count, at most 8)")
     parser.set_defaults(run=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (expected e.g. 4)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive (expected an integer >= 1)")
-    return value
 
 
 def run(args) -> int:
