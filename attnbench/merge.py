@@ -15,6 +15,7 @@ timing modes, round options, planted regressions or commits, and cells measured 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -166,7 +167,7 @@ def _merged_record(key: str, measured_by: dict[str, list[Run]], device: str, los
     message = rec.message
     if rec.status == "pending":
         message = f"not measured: shard {run.shard.label} stopped ({run.stop_reason})"
-    return CellRecord(rec.cell, rec.status, message, rec.memory, rec.passes, rec.accuracy, shard=run.shard.index)
+    return dataclasses.replace(rec, message=message, shard=run.shard.index)
 
 
 def _cell_from_key(key: str, device: str):

@@ -70,9 +70,11 @@ RUN_KEYS = ("schema_version", "preset", "timing", "plants", "complete", "stop_re
 #: ``world_size``: the ranks one measurement ran across (``attnbench cp``); absent in a single-process run.
 OPTIONAL_RUN_KEYS = ("world_size",)
 #: a cell's ``shard``: in a merged run, the index of the shard that measured it; ``prepare_s``: the seconds
-#: of the variant's per-cell setup (flex's block mask), run once outside the timed calls, where it has one.
+#: of the variant's per-cell setup (flex's block mask), run once outside the timed calls, where it has one;
+#: ``accuracy_s``: the seconds the accuracy check took (reference, plain computation, the variant's own pass),
+#: outside the timed calls, where it ran.
 #: Runs saved before masks and GQA lack the axes heads_kv and mask: they read as heads_kv = heads, mask "none".
-CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy", "shard", "prepare_s")
+CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy", "shard", "prepare_s", "accuracy_s")
 #: keys of a shard's ``attnbench.shard``: shard ``index`` (1-based) of ``count``, the key of every cell of the
 #: whole grid, and the device memory the split predicted against (attnbench.shard).
 SHARD_KEYS = ("index", "count", "grid_cells", "partition_memory_bytes")
@@ -202,6 +204,7 @@ class CellRecord:
     accuracy: Accuracy | None = None
     shard: int | None = None  # in a merged run: the shard that measured the cell
     prepare_s: float | None = None  # the variant's per-cell setup, timed once apart from the calls
+    accuracy_s: float | None = None  # the accuracy check's seconds, outside the timed calls
 
     @property
     def key(self) -> str:
@@ -335,8 +338,9 @@ def cell_section(rec: CellRecord) -> dict:
         section["accuracy"] = accuracy_section(rec.accuracy)
     if rec.shard is not None:
         section["shard"] = rec.shard
-    if rec.prepare_s is not None:
-        section["prepare_s"] = rec.prepare_s
+    for name in ("prepare_s", "accuracy_s"):
+        if getattr(rec, name) is not None:
+            section[name] = getattr(rec, name)
     return section
 
 
@@ -805,11 +809,10 @@ class _Reader:
             shard = None
             if fields.get("shard") is not None:
                 shard = self.number(entry, "shard", fields["shard"], integer=True, positive=True)
-            prepare_s = None
-            if fields.get("prepare_s") is not None:
-                prepare_s = self.number(entry, "prepare_s", fields["prepare_s"])
+            seconds = {name: self.number(entry, name, fields[name])
+                       for name in ("prepare_s", "accuracy_s") if fields.get(name) is not None}
             cells[cell.key] = CellRecord(cell, status, str(fields.get("message") or ""), memory, accuracy=accuracy,
-                                         shard=shard, prepare_s=prepare_s)
+                                         shard=shard, **seconds)
         return cells
 
     def accuracy(self, entry: str, fields) -> Accuracy:

@@ -188,6 +188,7 @@ class CellRunner:
         except CellOOM:
             plain_fits = False
         q, k, v, grad_out = self.inputs()
+        start = time.perf_counter()
         try:
             rec.accuracy = accuracy.measure(self.attention, q, k, v, grad_out, causal=c.causal, mask=self.mask,
                                             plain_fits=plain_fits,
@@ -197,6 +198,7 @@ class CellRunner:
             return
         finally:
             del q, k, v, grad_out
+            rec.accuracy_s = time.perf_counter() - start
         if rec.accuracy.wrong:
             rec.status, rec.message = "wrong", rec.accuracy.describe_wrong()
 

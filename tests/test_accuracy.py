@@ -116,6 +116,7 @@ def test_every_cell_records_its_accuracy(tmp_path_factory):
     for key, rec in run.cells.items():
         assert rec.status == "ok" and rec.accuracy is not None, f"{key}: {rec.status}, accuracy {rec.accuracy}"
         assert rec.accuracy.plain_fits and rec.accuracy.wrong == []
+        assert rec.accuracy_s is not None and rec.accuracy_s > 0, f"{key}: the check's seconds are saved"
 
 
 def test_a_wrong_cell_fails_the_run_names_it_and_the_grid_goes_on(wrong_run):

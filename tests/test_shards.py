@@ -221,7 +221,12 @@ def test_a_merged_run_gates_clean_against_the_grid_run_in_one_process(shards, ti
     assert set(run.passes()) == set(whole.passes()), "the same benchmarks"
     by_shard = {i: [k for k, rec in run.cells.items() if rec.shard == i] for i in (1, 2)}
     for i, path in enumerate(shards, 1):
-        assert sorted(by_shard[i]) == sorted(record.load(path).cells), f"each cell names shard {i} that measured it"
+        measured = record.load(path).cells
+        assert sorted(by_shard[i]) == sorted(measured), f"each cell names shard {i} that measured it"
+        for key, rec in measured.items():
+            assert record.cell_section(run.cells[key]) == {**record.cell_section(rec), "shard": i}, \
+                f"{key}: the merged record keeps every fact its shard saved"
+            assert run.cells[key].accuracy_s == rec.accuracy_s is not None
     assert [m.index for m in run.shard_machines] == [1, 2] and all(m.node for m in run.shard_machines)
     assert all(m.gpu_uuid is None for m in run.shard_machines), "CPU shards measured on no GPU"
     code, out, err = tool(capsys, "gate", tiny.json_path, merged, "--time", CPU_TIME)
