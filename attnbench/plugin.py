@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,8 @@ class AttnSession:
     stop_reason: str = ""
     saved_path: Path | None = None
     storage_lock: object = None
+    terminated: bool = False  # SIGTERM arrived: the run stops as on Ctrl-C and is saved, marked incomplete
+    previous_sigterm: object = None
     pytest_session: pytest.Session | None = None
     compared_runs: list[Run] = field(default_factory=list)  # --benchmark-compare's runs, read by our reader
     compare_findings: list = field(default_factory=list)  # regressions against --benchmark-compare's run
@@ -241,10 +245,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     bs = getattr(config, "_benchmarksession", None)
     if bs is not None and not bs.disabled:
         _guard_saving(bs, s)
+    _stop_on_sigterm(s)
     if s.device == "cuda":
         from .machine import gpu_sample
 
         s.gpu_start = gpu_sample()
+
+
+def _stop_on_sigterm(s: AttnSession) -> None:
+    """SIGTERM (a job timeout, a cancelled CI job, ``kill``) stops the run as Ctrl-C does, so what it measured is
+    saved, marked incomplete, rather than lost. A second SIGTERM kills at once. A handler someone else set stays."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def terminate(signum, frame):
+        s.terminated = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt("SIGTERM")
+
+    s.previous_sigterm = signal.signal(signal.SIGTERM, terminate)
 
 
 def _guard_saving(bs, s: AttnSession) -> None:
@@ -368,7 +388,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
     --attn-memory-compare-fail."""
     s = attn_session(session.config)
     s.exit_status = exitstatus
-    if exitstatus in _STOPS:
+    if s.terminated:
+        s.stop_reason = "terminated (SIGTERM)"
+    elif exitstatus in _STOPS:
         s.stop_reason = _STOPS[exitstatus]
     elif session.shouldstop or session.shouldfail:
         s.stop_reason = f"stopped early: {session.shouldstop or session.shouldfail}"
@@ -454,7 +476,9 @@ def _summary(terminalreporter, config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Release the storage's lock."""
+    """Release the storage's lock; give SIGTERM back its default action."""
     s = config.stash.get(_SESSION, None)
+    if s is not None and s.previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, s.previous_sigterm)
     if s is not None and s.storage_lock is not None:
         s.storage_lock.release()

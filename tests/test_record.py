@@ -240,7 +240,10 @@ def _env() -> dict:
     return {**env, **SUITE_ENV, "PYTHONUNBUFFERED": "1"}
 
 
-def test_ctrl_c_saves_the_run_apart_marked_incomplete(tmp_path, capsys):
+@pytest.mark.parametrize("sig, reason", [(signal.SIGINT, "interrupted (Ctrl-C)"),
+                                         (signal.SIGTERM, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_run_is_saved_apart_marked_incomplete(tmp_path, capsys, sig, reason):
+    """Ctrl-C, and SIGTERM as a job timeout or a cancelled CI job sends it: what was measured is kept."""
     store = tmp_path / "storage"
     # a grid long enough to interrupt: the tiny variants at more lengths, 0.2 s per benchmark
     cmd = _suite_cmd("--benchmark-autosave", f"--benchmark-storage={store}", "--attn-seq-lens", "32,48,64,80,96",
@@ -251,22 +254,22 @@ def test_ctrl_c_saves_the_run_apart_marked_incomplete(tmp_path, capsys):
     for line in proc.stdout:
         lines.append(line)
         if sum("PASSED" in x for x in lines) >= 3:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             break
     output = "".join(lines) + proc.communicate(timeout=120)[0]
-    assert proc.returncode == 2, f"an interrupted run exits 2 (pytest's INTERRUPTED):\n{output[-3000:]}"
+    assert proc.returncode == 2, f"a stopped run exits 2 (pytest's INTERRUPTED):\n{output[-3000:]}"
     numbered = list(store.glob("*/[0-9][0-9][0-9][0-9]_*.json"))
     apart = list(store.glob(f"*/{storage.INCOMPLETE_PREFIX}*.json"))
     assert not numbered, f"an interrupted run must not become the newest numbered run: {numbered}"
     assert len(apart) == 1, f"the partial run should be saved apart: {list(store.rglob('*'))}"
-    assert "INCOMPLETE RUN: interrupted (Ctrl-C)" in output, output[-3000:]
+    assert f"INCOMPLETE RUN: {reason}" in output, output[-3000:]
     run = record.load(apart[0])
-    assert not run.complete and run.stop_reason == "interrupted (Ctrl-C)"
+    assert not run.complete and run.stop_reason == reason
     assert run.pending, "the cells the run never reached are recorded as pending"
     code, _, err = report(capsys, "--storage", store)
     assert code == 2 and "no saved runs" in err, "attnbench report must not pick the partial run"
     code, out, err = report(capsys, apart[0])
-    assert code == 0 and "**Incomplete run:** interrupted (Ctrl-C)" in out and "WARNING" in err
+    assert code == 0 and f"**Incomplete run:** {reason}" in out and "WARNING" in err
     code, _, err = gate(capsys, apart[0], apart[0])
     assert code == 2 and "incomplete run" in err
 
