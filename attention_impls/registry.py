@@ -79,7 +79,8 @@ class Variant:
     supports, AND-ed with causal; none by default), ``gqa`` (whether k and v may have fewer heads than q;
     False by default), ``prepare(seq_len, causal, mask, device)`` (an optional per-cell setup, such as
     building a block mask, that the benchmark runs and times once, outside the timed calls), ``expands_kv``
-    (with GQA, whether autograd keeps k and v expanded to every query head), and ``cpu_interpreted``: a GPU
+    (with GQA, whether autograd keeps k and v expanded to every query head), ``compute_dtype(dtype)`` (the
+    dtype it computes and keeps tensors in for inputs of ``dtype``, where it upcasts), and ``cpu_interpreted``: a GPU
     kernel that runs on CPU
     only in an interpreter, correct but too slow to time, so the CPU grid leaves it out unless asked.
     """
@@ -106,6 +107,7 @@ class Variant:
     gqa: bool = False
     expands_kv: bool = False
     prepare: Prepare | None = field(default=None, repr=False)
+    compute_dtype: Callable[[torch.dtype], torch.dtype] = field(default=lambda dtype: dtype, repr=False)
 
     def nxn_saved(self, causal: bool = False, mask: object = None) -> int:
         """n×n tensors kept for backward for this masking mode (a mask counts as masked, like causal)."""

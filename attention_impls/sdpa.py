@@ -91,6 +91,14 @@ def _sdpa(q, k, v, *, causal: bool = False, mask=None, backend: SDPBackend) -> t
             raise
 
 
+def _math_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The math backend computes fp16 and bf16 in fp32 (it keeps fp32 copies of q, k, v and an fp32 n×n for
+    backward) unless ``torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)``; measured by the census
+    on CPU, and on an H200 (fa2-paper grid, bf16: twice the memory of a bf16 n×n)."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    return torch.float32 if half and not torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() else dtype
+
+
 register(
     "sdpa_math",
     saved_nxn=1,
@@ -99,6 +107,7 @@ register(
     expands_kv=True,
     backward_nxn=3,  # measured: 3.00 n×n on the GPU
     live_q_buffers=2,  # measured on CUDA: two more q-sized buffers alive after the forward
+    compute_dtype=_math_compute_dtype,
     description="F.scaled_dot_product_attention, MATH backend (PyTorch ops, runs anywhere)",
 )(partial(_sdpa, backend=SDPBackend.MATH))
 

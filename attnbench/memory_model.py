@@ -15,7 +15,10 @@ and at the backward peak additionally
     transient                 backward_nxn · B·H·S·S · e  +  backward_row_floats · B·H·S · 4
                               + backward_fp32_q_buffers · B·H·S · max(D, 64) · 4
 
-where e is the element size. The per-variant numbers come from the registry
+where e is the element size. A variant that computes in a wider dtype than its inputs (``compute_dtype``:
+the math SDPA backend runs fp16 and bf16 in fp32) keeps copies of q, k and v and everything it saves in that
+dtype: it is predicted as the wider computation (all it saves and holds counted as extra), plus its inputs
+and output in their own dtype. The per-variant numbers come from the registry
 (``saved_nxn`` is what the census measures; ``backward_nxn``, ``live_q_buffers`` and
 ``backward_fp32_q_buffers`` what an H200 run measured: docs/results).
 """
@@ -77,6 +80,11 @@ def predict(
     heads_kv = heads if heads_kv is None else heads_kv
     if heads % heads_kv:
         raise ValueError(f"heads_kv ({heads_kv}) must divide heads ({heads})")
+    compute = var.compute_dtype(dtype)
+    if compute != dtype:
+        return _upcast(predict(var, batch=batch, heads=heads, seq_len=seq_len, head_dim=head_dim, dtype=compute,
+                                    causal=causal, seq_k=seq_k, heads_kv=heads_kv, mask=mask),
+                       torch.empty((), dtype=dtype).element_size(), torch.empty((), dtype=compute).element_size())
     masked = causal or mask is not None
     elem = torch.empty((), dtype=dtype).element_size()
     rows = batch * heads * seq_len
@@ -104,4 +112,21 @@ def predict(
         before_backward_bytes=before,
         peak_backward_bytes=peak,
         saved_bytes=saved,
+    )
+
+
+def _upcast(wide: MemoryPrediction, elem: int, wide_elem: int) -> MemoryPrediction:
+    """A call computed in a wider dtype: what ``wide`` (the prediction in that dtype) saves and holds, all of it
+    copies, besides the inputs and output in their own element size ``elem``."""
+    inputs = wide.inputs_bytes * elem // wide_elem
+    output = wide.output_bytes * elem // wide_elem
+    live = wide.before_backward_bytes - wide.inputs_bytes - wide.output_bytes - wide.saved_extra_bytes
+    before = inputs + output + wide.saved_bytes + live
+    return MemoryPrediction(
+        inputs_bytes=inputs,
+        output_bytes=output,
+        saved_extra_bytes=wide.saved_bytes,
+        before_backward_bytes=before,
+        peak_backward_bytes=before + wide.peak_backward_bytes - wide.before_backward_bytes,
+        saved_bytes=wide.saved_bytes,
     )

@@ -69,6 +69,30 @@ def test_saved_bytes_equal_the_census(name, dtype, shape, causal):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "causal"])
+def test_the_math_backend_is_predicted_as_computing_half_in_fp32(dtype, masked):
+    """sdpa_math upcasts fp16/bf16: it keeps fp32 copies of q, k, v and an fp32 n×n (an H200 measured twice a
+    half-precision n×n on the fa2-paper grid); the census agrees with the model to the byte, and with
+    reduced-precision reductions allowed it computes, keeps and is predicted in the input dtype."""
+    shape = (2, 3, 97, 97, 16)
+    census = census_of_attention(VARIANTS["sdpa_math"].fn, *qkv(*shape, dtype), causal=masked)
+    assert {t.dtype for t in census.tensors} == {torch.float32}, census
+    p, wide = predicted("sdpa_math", shape, dtype, masked), predicted("sdpa_math", shape, torch.float32, masked)
+    assert p.saved_bytes == census.saved_bytes == wide.saved_bytes
+    assert p.inputs_bytes == wide.inputs_bytes // 2 and p.output_bytes == wide.output_bytes // 2
+    # the fp32 computation's state, its fp32 output cast down (not kept), the half inputs and output beside it
+    assert p.before_backward_bytes == wide.before_backward_bytes - wide.output_bytes + p.inputs_bytes + p.output_bytes
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
+    try:
+        census = census_of_attention(VARIANTS["sdpa_math"].fn, *qkv(*shape, dtype), causal=masked)
+        p = predicted("sdpa_math", shape, dtype, masked)
+    finally:
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(False)
+    assert {t.dtype for t in census.tensors} == {dtype}, census
+    assert p.saved_bytes == census.saved_bytes == wide.saved_bytes // 2
+
+
 @pytest.mark.parametrize("name", ["naive", "weights_only", "tiled", "sdpa_flash"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_before_backward_is_inputs_output_and_saved_extra(name, causal):
