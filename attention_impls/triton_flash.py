@@ -78,6 +78,12 @@ MIN_TUNED_SEQ_BUCKET = 1024
 #: warm-up and measurement (ms) per candidate config: autotuning runs on the first call only.
 TUNE_WARMUP_MS = 5
 TUNE_REP_MS = 25
+#: ``ATTNBENCH_TRITON_TUNE=off``: every key takes its first candidate that fits (the largest tile; the small
+#: one below MIN_TUNED_SEQ_BUCKET) and no candidate is timed. For tests, which check results, not speed: a
+#: key that would compile and time every candidate costs one compile. Read at each new key; default on.
+TUNE_ENV = "ATTNBENCH_TRITON_TUNE"
+_TUNE_VALUES = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}
+_force_tuning = False  # autotune_candidates times every candidate whatever the environment says
 
 
 def _interpreting() -> bool:
@@ -619,12 +625,27 @@ def _candidate_tiles(kernel: str, elem_bytes: int, head_dim_pad: int, seq_bucket
     return fits
 
 
+def tuning() -> bool:
+    """Whether the autotuner times the candidates (``ATTNBENCH_TRITON_TUNE``, on unless set off)."""
+    value = os.environ.get(TUNE_ENV, "on").strip().lower()
+    if value not in _TUNE_VALUES:
+        raise ValueError(f"{TUNE_ENV}={value!r}: expected on or off")
+    return _force_tuning or _TUNE_VALUES[value]
+
+
+def _tiles_to_try(kernel: str, elem_bytes: int, head_dim_pad: int, seq_bucket: int,
+                  shared_memory_bytes: int) -> list[tuple[int, int, int, int]]:
+    """The candidates for one key, or only the first of them when tuning is off."""
+    fits = _candidate_tiles(kernel, elem_bytes, head_dim_pad, seq_bucket, shared_memory_bytes)
+    return fits if tuning() else fits[:1]
+
+
 def _prune(kernel: str):
     def prune(configs, named_args, **kwargs):
         q = named_args["Q"]
         head_dim_pad = kwargs.get("HEAD_DIM_PAD", named_args.get("HEAD_DIM_PAD"))
         limit = _shared_memory_bytes(q.device.index if q.device.index is not None else torch.cuda.current_device())
-        fits = _candidate_tiles(kernel, q.element_size(), head_dim_pad, named_args["seq_bucket"], limit)
+        fits = _tiles_to_try(kernel, q.element_size(), head_dim_pad, named_args["seq_bucket"], limit)
         return [c for c in configs if _tile_of(kernel, c) in fits]
 
     return prune
@@ -1149,15 +1170,20 @@ def autotune_candidates(
     if reason is not None:
         raise RuntimeError(f"autotune_candidates needs a CUDA GPU: {reason}")
 
+    global _force_tuning
     tuned = {"fwd": _attn_fwd_tuned, "dkdv": _attn_bwd_dkdv_tuned, "dq": _attn_bwd_dq_tuned}
     for autotuner in tuned.values():
         autotuner.cache.clear()
         autotuner.configs_timings = {}
     q, k, v = (torch.randn(batch, h, seq_len, head_dim, device="cuda", dtype=dtype, requires_grad=True)
                for h in (heads, heads_kv, heads_kv))
-    out = triton_flash_attention(q, k, v, causal=causal, mask=mask)
-    torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
-    torch.cuda.synchronize()
+    _force_tuning = True
+    try:
+        out = triton_flash_attention(q, k, v, causal=causal, mask=mask)
+        torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+        torch.cuda.synchronize()
+    finally:
+        _force_tuning = False
     rows = []
     for kernel, autotuner in tuned.items():
         timings = autotuner.configs_timings or {autotuner.best_config: None}

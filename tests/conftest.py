@@ -16,6 +16,11 @@ settings.register_profile("dev", max_examples=60, deadline=None, suppress_health
 settings.register_profile("gpu", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# The tests check results, not speed: triton_flash takes the first candidate tile of each autotune key instead
+# of compiling and timing every candidate (attention_impls.triton_flash.TUNE_ENV). Suite runs started by the
+# tests inherit it; `pytest benchmarks` run by a user tunes as usual.
+os.environ.setdefault("ATTNBENCH_TRITON_TUNE", "off")
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

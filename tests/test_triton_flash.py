@@ -279,6 +279,21 @@ def test_precompile_plans_every_tile_the_autotuner_may_try(dtype):
     assert len(planned) == len(jobs), "a kernel variant is planned twice"
 
 
+@pytest.mark.skipif(tf.triton is None, reason="needs Triton")
+def test_with_tuning_off_each_key_takes_its_first_candidate(monkeypatch):
+    long_key, short_key = ("fwd", 2, 128, 16384, 227 * 1024), ("dq", 4, 64, tf.MIN_SEQ_BUCKET, 227 * 1024)
+    monkeypatch.setenv(tf.TUNE_ENV, "on")
+    every = tf._tiles_to_try(*long_key)
+    assert len(every) > 1 and every == tf._candidate_tiles(*long_key), "tuning on: every candidate that fits"
+    assert tf._tiles_to_try(*short_key) == [tf._TILES[("dq", 4)][-1]]
+    monkeypatch.setenv(tf.TUNE_ENV, "off")
+    assert tf._tiles_to_try(*long_key) == every[:1], "tuning off: the first (largest) tile, nothing to time"
+    assert tf._tiles_to_try(*short_key) == [tf._TILES[("dq", 4)][-1]]
+    monkeypatch.setenv(tf.TUNE_ENV, "sometimes")
+    with pytest.raises(ValueError, match="ATTNBENCH_TRITON_TUNE='sometimes': expected on or off"):
+        tf.tuning()
+
+
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_precompile_compiles_a_key_and_the_variant_then_runs():
