@@ -111,6 +111,17 @@ def _memory(cell: CellRecord) -> int | None:
     return cell.memory.get("mem_before_backward_bytes", cell.memory.get("saved_bytes"))
 
 
+def _shape_note(cells: list[CellRecord]) -> str:
+    """The group's batch and heads: listed, or, where they vary with the shape at a fixed number of tokens and
+    model width (the FlashAttention papers' grids), those two products."""
+    shapes = sorted({(c.cell.batch, c.cell.heads) for c in cells})
+    tokens = {c.cell.batch * c.cell.seq_len for c in cells}
+    width = {c.cell.heads * c.cell.head_dim for c in cells}
+    if len(shapes) > 2 and len(tokens) == 1 and len(width) == 1:
+        return f"batch × seq_len = {tokens.pop()} tokens, heads × head_dim = {width.pop()}"
+    return ", ".join(f"batch {b} × heads {h}" for b, h in shapes)
+
+
 def seed_tables(run: Run) -> list[str]:
     """Per variant/dtype/mask: forward ms, backward ms and memory before backward (rows seq_len, cols head_dim)."""
     lines: list[str] = []
@@ -119,8 +130,7 @@ def seed_tables(run: Run) -> list[str]:
         seq_lens = sorted({c.cell.seq_len for c in cells})
         head_dims = sorted({c.cell.head_dim for c in cells})
         by_shape = {(c.cell.seq_len, c.cell.head_dim): c for c in cells}
-        shapes = sorted({(c.cell.batch, c.cell.heads) for c in cells})
-        shape_note = ", ".join(f"batch {b} × heads {h}" for b, h in shapes)
+        shape_note = _shape_note(cells)
         lines += [f"### {variant} · {dtype} · {_mode_text(mode)} ({shape_note})", ""]
         for title, value in (
             ("Forward (ms)", lambda c: _time(run, c, "forward")),

@@ -364,3 +364,14 @@ def test_masks_and_gqa_get_tables_and_plots_of_their_own(tmp_path, capsys):
     plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert plots == ["fp32-causal-sliding_window8-d16.png", "fp32-causal-sliding_window8-gqa2-d16.png",
                      "fp32-full-d16.png", "fp32-full-gqa2-d16.png"], plots
+
+
+def test_a_grid_at_fixed_tokens_and_width_is_headed_by_them(capsys):
+    """The fa2-paper grid (batch × seq_len = 16384, heads × head_dim = 2048, an H200 run kept in docs/results):
+    ten (batch, heads) pairs per table, headed by the two products instead of the list."""
+    run = REPO_ROOT / "docs" / "results" / "NVIDIA-H200" / "2026-11-29-fa2-paper-accuracy.json.gz"
+    tables = section(report(capsys, run), "## Tables (the seed's layout)")
+    headings = [line for line in tables.splitlines() if line.startswith("### ")]
+    assert len(headings) == 18 and all(
+        h.endswith("(batch × seq_len = 16384 tokens, heads × head_dim = 2048)") for h in headings), headings[:3]
+    assert "### triton_flash · bf16 · causal (batch × seq_len" in tables
