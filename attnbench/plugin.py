@@ -17,6 +17,7 @@ from . import options
 from .grid import AXES, DEFAULT_CPU_PRESET, DEFAULT_CUDA_PRESET, Cell, cell_reason, expand
 from .record import (
     PER_PROCESS_MACHINE_KEYS,
+    TIMED_STATUSES,
     CellRecord,
     Run,
     RunError,
@@ -74,10 +75,14 @@ class AttnSession:
         return self.runners[cell.key]
 
     def finish_records(self) -> None:
-        """Cells planned but never reached get a pending record; a run with any is incomplete."""
+        """Cells planned but never reached get a pending record, and so does a cell the run stopped in before
+        any of its passes finished; a run with any is incomplete."""
         by_key = {c.key: c for c in self.cells}
         for key in self.planned:
             self.records.setdefault(key, CellRecord(by_key[key]))
+        for rec in self.records.values():
+            if rec.status in TIMED_STATUSES and not rec.passes:
+                rec.status, rec.message = "pending", "not measured: the run stopped while measuring it"
         pending = [key for key, rec in self.records.items() if rec.status == "pending"]
         if pending and not self.stop_reason:
             self.stop_reason = f"{len(pending)} of {len(self.records)} cells never finished"
@@ -370,10 +375,19 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     """Save the run's facts and every cell's record, OOM and unfinished cells included, under ``attnbench``."""
     s = attn_session(config)
     s.finish_records()
+    # a benchmark stopped mid-rounds (Ctrl-C, SIGTERM) has a few rounds and none of its pass's facts: not saved
+    finished = {p.name for rec in s.records.values() for p in rec.passes.values()}
+    output_json["benchmarks"] = [b for b in output_json["benchmarks"]
+                                 if b.get("fullname") in finished or not _suite_benchmark(b)]
     output_json["attnbench"] = run_section(
         preset=s.preset, timing=s.timing, plants={k: p.as_dict() for k, p in s.plants.items()},
         complete=s.complete, stop_reason=s.stop_reason, cells=list(s.records.values()), shard=s.shard,
     )
+
+
+def _suite_benchmark(entry: dict) -> bool:
+    """Whether a saved benchmark is one of the grid's (it has the grid's parameters)."""
+    return isinstance(entry.get("params"), dict) and set(AXES) <= set(entry["params"])
 
 
 _STOPS = {

@@ -274,6 +274,55 @@ def test_a_stopped_run_is_saved_apart_marked_incomplete(tmp_path, capsys, sig, r
     assert code == 2 and "incomplete run" in err
 
 
+SIGTERM_MID_BENCHMARK = """
+import os, signal
+from pytest_benchmark.fixture import BenchmarkFixture
+
+_pedantic = BenchmarkFixture.pedantic
+
+
+def pedantic(self, target, *args, **kwargs):  # SIGTERM at the third round of the backward at seq_len 64
+    if "test_backward" in self.fullname and "-s64-" in self.fullname:
+        calls = []
+
+        def target_then_sigterm(*a, **k):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return target(*a, **k)
+
+        return _pedantic(self, target_then_sigterm, *args, **kwargs)
+    return _pedantic(self, target, *args, **kwargs)
+
+
+BenchmarkFixture.pedantic = pedantic
+"""
+
+
+def test_a_benchmark_stopped_mid_rounds_is_left_out_and_the_run_stays_readable(tmp_path, capsys):
+    """SIGTERM inside a benchmark's rounds: pytest-benchmark has a few rounds of it and none of the pass's facts;
+    the saved run leaves it out (a reader would refuse the run otherwise) and keeps what finished."""
+    (tmp_path / "sigterm_plugin.py").write_text(SIGTERM_MID_BENCHMARK)
+    env = {**_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "run.json"
+    cmd = _suite_cmd(f"--benchmark-json={out}", "--attn-seq-lens", "32,64,96", "--attn-variants", "naive",
+                     "-p", "sigterm_plugin")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-2000:]
+    saved = json.loads(out.read_text())
+    names = [b["fullname"] for b in saved["benchmarks"]]
+    assert not any("test_backward" in n and "-s64-" in n for n in names), names
+    run = record.load(out)
+    assert not run.complete and run.stop_reason == "terminated (SIGTERM)"
+    assert any("test_backward" in n and "-s32-" in n for n in names), f"what finished is kept: {names}"
+    assert set(run.cells["naive-s32-d16-b2-h2-fp32-full"].passes) == {"backward"}
+    stopped_in = run.cells["naive-s64-d16-b2-h2-fp32-full"]
+    assert (stopped_in.status, stopped_in.passes) == ("pending", {}), stopped_in
+    assert stopped_in.message == "not measured: the run stopped while measuring it"
+    code, _, err = report(capsys, out)
+    assert code == 0 and "incomplete run" in err
+
+
 def test_a_second_run_into_the_same_storage_refuses_to_start(tmp_path):
     store = tmp_path / "storage"
     cmd = _suite_cmd("--benchmark-autosave", f"--benchmark-storage={store}", "--benchmark-max-time", "0.1")
