@@ -307,7 +307,7 @@ def test_a_benchmark_stopped_mid_rounds_is_left_out_and_the_run_stays_readable(t
     out = tmp_path / "run.json"
     cmd = _suite_cmd(f"--benchmark-json={out}", "--attn-seq-lens", "32,64,96", "--attn-variants", "naive",
                      "-p", "sigterm_plugin")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-2000:]
     saved = json.loads(out.read_text())
     names = [b["fullname"] for b in saved["benchmarks"]]
