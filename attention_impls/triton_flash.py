@@ -83,7 +83,6 @@ TUNE_REP_MS = 25
 #: key that would compile and time every candidate costs one compile. Read at each new key; default on.
 TUNE_ENV = "ATTNBENCH_TRITON_TUNE"
 _TUNE_VALUES = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}
-_force_tuning = False  # autotune_candidates times every candidate whatever the environment says
 
 
 def _interpreting() -> bool:
@@ -630,7 +629,21 @@ def tuning() -> bool:
     value = os.environ.get(TUNE_ENV, "on").strip().lower()
     if value not in _TUNE_VALUES:
         raise ValueError(f"{TUNE_ENV}={value!r}: expected on or off")
-    return _force_tuning or _TUNE_VALUES[value]
+    return _TUNE_VALUES[value]
+
+
+@contextlib.contextmanager
+def _tuning_on():
+    """Tune whatever ``ATTNBENCH_TRITON_TUNE`` says (autotune_candidates times every candidate)."""
+    before = os.environ.get(TUNE_ENV)
+    os.environ[TUNE_ENV] = "on"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[TUNE_ENV]
+        else:
+            os.environ[TUNE_ENV] = before
 
 
 def _tiles_to_try(kernel: str, elem_bytes: int, head_dim_pad: int, seq_bucket: int,
@@ -1170,20 +1183,16 @@ def autotune_candidates(
     if reason is not None:
         raise RuntimeError(f"autotune_candidates needs a CUDA GPU: {reason}")
 
-    global _force_tuning
     tuned = {"fwd": _attn_fwd_tuned, "dkdv": _attn_bwd_dkdv_tuned, "dq": _attn_bwd_dq_tuned}
     for autotuner in tuned.values():
         autotuner.cache.clear()
         autotuner.configs_timings = {}
     q, k, v = (torch.randn(batch, h, seq_len, head_dim, device="cuda", dtype=dtype, requires_grad=True)
                for h in (heads, heads_kv, heads_kv))
-    _force_tuning = True
-    try:
+    with _tuning_on():
         out = triton_flash_attention(q, k, v, causal=causal, mask=mask)
         torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
         torch.cuda.synchronize()
-    finally:
-        _force_tuning = False
     rows = []
     for kernel, autotuner in tuned.items():
         timings = autotuner.configs_timings or {autotuner.best_config: None}

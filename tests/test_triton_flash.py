@@ -289,6 +289,9 @@ def test_with_tuning_off_each_key_takes_its_first_candidate(monkeypatch):
     monkeypatch.setenv(tf.TUNE_ENV, "off")
     assert tf._tiles_to_try(*long_key) == every[:1], "tuning off: the first (largest) tile, nothing to time"
     assert tf._tiles_to_try(*short_key) == [tf._TILES[("dq", 4)][-1]]
+    with tf._tuning_on():
+        assert tf._tiles_to_try(*long_key) == every, "autotune_candidates times every candidate"
+    assert not tf.tuning(), "and gives the setting back"
     monkeypatch.setenv(tf.TUNE_ENV, "sometimes")
     with pytest.raises(ValueError, match="ATTNBENCH_TRITON_TUNE='sometimes': expected on or off"):
         tf.tuning()
