@@ -93,6 +93,11 @@ PRESETS: dict[str, Preset] = {
                    tokens_per_batch=16384, heads=16, heads_kv=(16, 4),
                    masks=("none", "causal", "causal sliding_window:1024", "causal document:8", "prefix_lm:0.25"),
                    variants=("flex", "triton_flash", "sdpa_math", "sdpa_efficient", "sdpa_flash", "sdpa_cudnn")),
+    # The fused kernels side by side where they compete: the FlashAttention papers' shapes from seq_len 4096, in
+    # fp16 and bf16, head_dim 64 to 256 (4 to 32 heads of the 2048-wide model), causal and not.
+    "flash-backends": Preset(seq_lens=(4096, 8192, 16384), head_dims=(64, 128, 256), dtypes=("fp16", "bf16"),
+                             causal=(False, True), tokens_per_batch=16384, model_dim=2048,
+                             variants=("triton_flash", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient")),
 }
 DEFAULT_CUDA_PRESET = "seed"
 DEFAULT_CPU_PRESET = "cpu-small"
@@ -297,7 +302,7 @@ def parse_variants(text: str) -> tuple[str, ...]:
 
 
 def parse_preset(text: str) -> str:
-    """A preset name: seed, cpu-small, fa2-paper or flex."""
+    """A preset name: one of PRESETS."""
     if text not in PRESETS:
         raise argparse.ArgumentTypeError(f"unknown preset {text!r}; allowed: {', '.join(PRESETS)}")
     return text
