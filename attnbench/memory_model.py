@@ -119,7 +119,7 @@ def _upcast(wide: MemoryPrediction, elem: int, wide_elem: int) -> MemoryPredicti
     """A call computed in a wider dtype: what ``wide`` (the prediction in that dtype) saves, all of it copies,
     besides the inputs and output in their own element size ``elem``. The q-sized buffers the wide computation
     leaves alive (``live_q_buffers``: its scaled q and k) are, in an upcast call, the copies it saves: not
-    counted twice (an H200, bf16 sdpa_math: within 2% before backward and 3% at the peak)."""
+    counted twice (an H200, bf16 sdpa_math: exact before backward, within 4% at the peak)."""
     inputs = wide.inputs_bytes * elem // wide_elem
     output = wide.output_bytes * elem // wide_elem
     before = inputs + output + wide.saved_bytes

@@ -55,16 +55,17 @@ class CellOOM(Exception):
 
 
 def release_memory() -> None:
-    """Drop everything a cell left behind so the next one starts from an empty allocator: garbage (CUDA graphs
-    sit in reference cycles), and cuBLAS's workspaces, which PyTorch keeps per (handle, stream) for the life
-    of the process; each CUDA graph capture warms up on a fresh side stream and so adds one (64 MiB on an
-    H200) that nothing else frees."""
+    """Drop everything a cell left behind so the next one starts from an empty allocator (CUDA graphs sit in
+    reference cycles: only the collector frees their pools).
+
+    cuBLAS's workspaces stay: PyTorch keeps one per (handle, stream) for the life of the process, and each CUDA
+    graph capture warms up on a side stream from PyTorch's pool of 32, so cudagraph runs accumulate at most 32
+    of them (64 MiB each on an H200). Freeing them would make the next cell's first matmul allocate its
+    workspace inside the measured region: an H200 run that did so (34e143d) measured 32 MiB more before
+    backward and 64 MiB more at the peak for every cuBLAS variant."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-        if clear_workspaces is not None:
-            clear_workspaces()
         torch.cuda.empty_cache()
 
 
