@@ -7,10 +7,11 @@ de-duplicated by storage (a tensor saved by two nodes, or a view of a saved tens
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 
 @dataclass(frozen=True)
@@ -66,21 +67,36 @@ def take_census(
         # Return a detached alias: packing the tensor object itself would make a saved *output*
         # reference its own grad_fn (output -> grad_fn -> packed output), a cycle through C++ that
         # Python's gc cannot see, and every graph built under the census would leak.
-        storage = tensor.untyped_storage()
-        key = (str(tensor.device), storage.data_ptr())
-        if key not in seen:
-            nbytes = storage.nbytes()
-            seen[key] = SavedTensor(
-                shape=tuple(tensor.shape),
-                dtype=tensor.dtype,
-                bytes=nbytes,
-                is_nxn=nbytes // tensor.element_size() >= nxn_elements,
-            )
+        for plain in _plain_tensors(tensor):
+            storage = plain.untyped_storage()
+            key = (str(plain.device), storage.data_ptr())
+            if key not in seen:
+                nbytes = storage.nbytes()
+                seen[key] = SavedTensor(
+                    shape=tuple(plain.shape),
+                    dtype=plain.dtype,
+                    bytes=nbytes,
+                    is_nxn=nbytes // plain.element_size() >= nxn_elements,
+                )
         return tensor.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = forward()
     return Census(tensors=tuple(seen.values()), nxn_elements=nxn_elements), out
+
+
+def _plain_tensors(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The tensors that hold ``tensor``'s memory: itself, or for a wrapper subclass such as DTensor (what
+    ``context_parallel`` saves) the tensors it wraps, this process's shard. A wrapper has no storage of its
+    own: asking for its data pointer raises."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        for name in names:  # the inner tensors, and in newer PyTorch opaque members such as a DeviceMesh
+            inner = getattr(tensor, name)
+            if isinstance(inner, torch.Tensor):
+                yield from _plain_tensors(inner)
+    else:
+        yield tensor
 
 
 def census_of_attention(

@@ -77,3 +77,24 @@ def test_census_counts_a_storage_once_however_many_views_are_saved():
 def test_census_rejects_a_non_positive_threshold():
     with pytest.raises(ValueError, match="nxn_elements must be positive"):
         take_census(lambda: torch.ones(1), nxn_elements=0)
+
+
+def test_census_counts_the_shards_a_dtensor_wraps():
+    """context_parallel's SDPA saves DTensors: wrappers without storage of their own. The census counts the
+    local shards they wrap (this process's memory) instead of failing on the wrapper's data pointer."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        x, y = (DTensor.from_local(torch.randn(4, 8, requires_grad=True), mesh, [Shard(0)]) for _ in range(2))
+        census, out = take_census(lambda: (x * y).exp(), nxn_elements=32)
+    finally:
+        dist.destroy_process_group()
+    assert isinstance(out, DTensor)
+    # mul saves both operands, exp its result: three local 4 × 8 fp32 shards, each of 32 elements
+    assert [(t.shape, t.bytes, t.is_nxn) for t in census.tensors] == [((4, 8), 128, True)] * 3, census.describe()
