@@ -20,6 +20,7 @@ many torch threads): what the GPU shards do for GPUs, on one machine's cores. Ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -168,7 +169,9 @@ def _stream(shard: Shard, out, lock: threading.Lock) -> None:
 
 
 def start(shards: list[Shard], pytest_args: list[str], out) -> list[threading.Thread]:
-    """Start every shard's pytest, then a thread per shard showing its output."""
+    """Start every shard's pytest, then a thread per shard showing its output. Each shard has a session of its
+    own: a signal to this command's process group (Ctrl-C in a terminal, a job timeout) reaches this process
+    alone, and ``wait`` passes Ctrl-C on to every shard once, so none is interrupted again while it saves."""
     for shard in shards:  # all started before any thread: a pinning preexec_fn must not fork beside threads
 
         def pin(cores=shard.cores):
@@ -177,7 +180,7 @@ def start(shards: list[Shard], pytest_args: list[str], out) -> list[threading.Th
 
         shard.process = subprocess.Popen(pytest_command(shard, pytest_args), env=_environment(shard),
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                         preexec_fn=pin if shard.cores else None)
+                                         preexec_fn=pin if shard.cores else None, start_new_session=True)
     lock = threading.Lock()
     threads = [threading.Thread(target=_stream, args=(shard, out, lock), daemon=True) for shard in shards]
     for thread in threads:
@@ -186,22 +189,41 @@ def start(shards: list[Shard], pytest_args: list[str], out) -> list[threading.Th
 
 
 def wait(shards: list[Shard], threads: list[threading.Thread]) -> bool:
-    """Wait for every shard; on Ctrl-C pass it on to the shards (they save what they measured). True when
-    interrupted."""
+    """Wait for every shard; on Ctrl-C or SIGTERM pass Ctrl-C on to the shards (they save what they measured,
+    and this process merges it). True when interrupted."""
     interrupted = False
-    while True:
-        try:
-            for shard in shards:
-                shard.returncode = shard.process.wait()
-            break
-        except KeyboardInterrupt:
-            interrupted = True
-            for shard in shards:
-                if shard.process.poll() is None:
-                    shard.process.send_signal(signal.SIGINT)
+    with _sigterm_as_ctrl_c():
+        while True:
+            try:
+                for shard in shards:
+                    shard.returncode = shard.process.wait()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                for shard in shards:
+                    if shard.process.poll() is None:
+                        shard.process.send_signal(signal.SIGINT)
     for thread in threads:
         thread.join()
     return interrupted
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (a job timeout, ``kill``) raises KeyboardInterrupt while the shards run, where SIGTERM's default
+    action would kill this process before it merged what the shards saved; in the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _exit_text(code: int) -> str:
@@ -319,7 +341,8 @@ def run(args) -> int:
             elif shard.returncode != 0:
                 print(f"attnbench run: {shard.label} ended with {_exit_text(shard.returncode)}", file=out, flush=True)
         try:
-            merged = merge(runs, lost=lost, visible_devices={s.index: s.gpu for s in shards if s.gpu is not None})
+            merged = merge(runs, lost=lost, visible_devices={s.index: s.gpu for s in shards if s.gpu is not None},
+                           partial=interrupted)
         except CannotMerge as exc:
             keep = True
             print(f"attnbench run: cannot merge: {exc} (the shards' runs are kept in {work})", file=sys.stderr)

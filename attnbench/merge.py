@@ -101,16 +101,18 @@ def _options_key(run: Run) -> list[str]:
     return sorted(json.dumps(options, sort_keys=True) for options in run.round_options())
 
 
-def merge(runs: list[Run], *, lost: dict[int, str] | None = None, visible_devices: dict[int, str] | None = None
-          ) -> Run:
+def merge(runs: list[Run], *, lost: dict[int, str] | None = None, visible_devices: dict[int, str] | None = None,
+          partial: bool = False) -> Run:
     """One run from shards' runs (its JSON in ``Run.data``); CannotMerge naming what does not fit.
 
     ``lost`` maps the index of a shard without a run to why (``attnbench run``: it crashed); the cells no
     run recorded are then kept as not measured (pending, with the reason) and the merged run is incomplete.
-    Without ``lost``, every cell of the grid must be measured by exactly one shard, and every shard complete.
-    ``visible_devices`` gives the CUDA_VISIBLE_DEVICES of lost shards.
+    ``partial`` (``attnbench run`` stopped by Ctrl-C or SIGTERM) takes the incomplete runs the stopped shards
+    saved the same way. Otherwise every cell of the grid must be measured by exactly one shard, and every
+    shard complete. ``visible_devices`` gives the CUDA_VISIBLE_DEVICES of lost shards.
     """
     lost = dict(lost or {})
+    partial = partial or bool(lost)
     if not runs:
         raise CannotMerge("no shard left a run to merge" + (
             f" ({'; '.join(f'shard {i}: {why}' for i, why in sorted(lost.items()))})" if lost else ""))
@@ -132,10 +134,10 @@ def merge(runs: list[Run], *, lost: dict[int, str] | None = None, visible_device
     grid = runs[0].shard.grid_cells
     missing = [key for key in grid if key not in measured_by]
     absent = [i for i in range(1, count + 1) if i not in by_index]
-    if missing and not lost:
+    if missing and not partial:
         cause = f" (no run of shard {', '.join(f'{i}/{count}' for i in absent)})" if absent else ""
         raise CannotMerge(f"{len(missing)} cell(s) of the grid measured by no shard{cause}: {_names(missing)}")
-    if not lost:
+    if not partial:
         incomplete = [run for run in runs if not run.complete]
         if incomplete:
             run = incomplete[0]

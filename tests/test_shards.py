@@ -382,6 +382,35 @@ def test_run_measures_the_grid_in_cpu_shards_and_autosaves_the_merged_run(capsys
     assert {rec.shard for rec in run.cells.values()} == {1, 2}
 
 
+def test_run_stopped_by_sigterm_merges_and_saves_what_its_shards_measured(tmp_path):
+    """A job timeout sends SIGTERM: `attnbench run` passes Ctrl-C on to its shards once, each saves what it
+    measured, and the command merges and saves them as one incomplete run instead of dying with them."""
+    import signal
+
+    store = tmp_path / "storage"
+    env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLANT"}
+    cmd = [sys.executable, "-m", "attnbench", "run", "--cpu-shards", "2", "--storage", str(store), "--",
+           *TINY_GRID, "--attn-seq-lens", "32,40,48,56,64,72,80,88,96", "--benchmark-max-time", "0.3", "-v"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**env, **SUITE_ENV, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if all(any(x.startswith(f"[shard {i}/2") and "PASSED" in x for x in lines) for i in (1, 2)):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, f"a stopped run is a failed run (exit 1):\n{output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]
+    saved = list(store.glob("*/incomplete_*.json"))
+    assert len(saved) == 1 and not list(store.glob("*/[0-9][0-9][0-9][0-9]_*.json")), list(store.rglob("*"))
+    run = record.load(saved[0])
+    assert not run.complete and "INCOMPLETE RUN" in output
+    measured = {rec.shard for rec in run.cells.values() if rec.status == "ok"}
+    assert measured == {1, 2}, f"both shards' measured cells are kept: {measured}"
+    assert any(rec.status == "pending" for rec in run.cells.values()), "the cells never reached are pending"
+
+
 def test_run_keeps_what_the_other_shards_measured_when_one_crashes(capsys, monkeypatch, tmp_path):
     (tmp_path / "crash_plugin.py").write_text(CRASH_PLUGIN)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
