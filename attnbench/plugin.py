@@ -76,10 +76,17 @@ class AttnSession:
 
     def finish_records(self) -> None:
         """Cells planned but never reached get a pending record, and so does a cell the run stopped in before
-        any of its passes finished; a run with any is incomplete."""
+        any of its passes finished; a run with any is incomplete. A cell whose variant cannot run it (named
+        with --attn-variants, its benchmarks skipped with the reason) is recorded as skipped, with the reason."""
+        from attention_impls import VARIANTS
+
         by_key = {c.key: c for c in self.cells}
         for key in self.planned:
-            self.records.setdefault(key, CellRecord(by_key[key]))
+            if key not in self.records:
+                cell = by_key[key]
+                reason = cell_reason(VARIANTS[cell.variant], cell)
+                self.records[key] = (CellRecord(cell, "skipped", f"{cell.variant} unavailable: {reason}") if reason
+                                     else CellRecord(cell))
         for rec in self.records.values():
             if rec.status in TIMED_STATUSES and not rec.passes:
                 rec.status, rec.message = "pending", "not measured: the run stopped while measuring it"

@@ -303,10 +303,18 @@ def test_flash_backends_preset_puts_the_fused_kernels_side_by_side():
 
 
 def test_explicit_unavailable_variant_is_skipped_with_the_reason(suite):
-    result = run(suite, "-rs", *TINY, "--attn-variants", "sdpa_cudnn,naive")
+    saved = suite.path / "run.json"
+    result = run(suite, "-rs", *TINY, "--attn-variants", "sdpa_cudnn,naive", f"--benchmark-json={saved}")
     result.assert_outcomes(passed=PASSES, skipped=PASSES)
     out = result.stdout.str()
     assert "sdpa_cudnn unavailable" in out and "needs CUDA" in out, f"skip reason should say why:\n{out}"
+    assert "INCOMPLETE" not in out, "a cell its variant cannot run is not a cell the run failed to finish"
+    from attnbench import record
+
+    run_ = record.load(saved)
+    assert run_.complete, run_.stop_reason
+    skipped = {k: rec for k, rec in run_.cells.items() if rec.cell.variant == "sdpa_cudnn"}
+    assert skipped and all(rec.status == "skipped" and "needs CUDA" in rec.message for rec in skipped.values())
 
 
 def test_unavailable_variants_are_left_out_and_listed_in_the_header(suite):
