@@ -364,6 +364,37 @@ def machine(run: Run) -> list[str]:
     return lines
 
 
+def side_by_side(run: Run) -> list[str]:
+    """Per dtype, mode and head_dim that more than one variant ran: TFLOP/s forward / backward and memory before
+    backward, rows seq_len, a column per variant (the FLOPs count only the pairs the mask lets through)."""
+    groups: dict[tuple, list[CellRecord]] = defaultdict(list)
+    for rec in run.cells.values():
+        groups[(rec.cell.dtype, _mode(rec.cell), rec.cell.head_dim)].append(rec)
+    memory_title = "Memory before backward (MiB)" if run.device == "cuda" else "Saved for backward, census (MiB)"
+    lines: list[str] = []
+    for (dtype, mode, head_dim), cells in groups.items():
+        variants = list(dict.fromkeys(c.cell.variant for c in cells))
+        if len(variants) < 2:
+            continue
+        by_cell = {(c.cell.seq_len, c.cell.variant): c for c in cells}
+        seq_lens = sorted({c.cell.seq_len for c in cells})
+        lines += [f"### {dtype} · {_mode_text(mode)} · head_dim {head_dim} ({_shape_note(cells)})", ""]
+        for title, value in (
+            ("TFLOP/s, forward / backward", lambda c: f"{_tflops(c, 'forward')} / {_tflops(c, 'backward')}"
+             + (WRONG_MARK if c.status == "wrong" else "")),
+            (memory_title, lambda c: render.mib(_memory(c))),
+        ):
+            rows = []
+            for seq_len in seq_lens:
+                row = [str(seq_len)]
+                for variant in variants:
+                    cell = by_cell.get((seq_len, variant))
+                    row.append(_status_text(cell, value(cell) if cell is not None else ""))
+                rows.append(row)
+            lines += [f"**{title}**", "", render.table(["seq_len \\ variant", *variants], rows), ""]
+    return lines
+
+
 def render_report(run: Run) -> str:
     """The whole markdown report."""
     not_measured = [c for c in run.cells.values() if c.status not in ("ok", "wrong", "pending")]
@@ -377,6 +408,10 @@ def render_report(run: Run) -> str:
     if not_measured:
         lines += ["## Not measured", ""]
         lines += [f"- `{c.key}`: {c.status} ({c.message})" for c in not_measured] + [""]
+    compared = side_by_side(run)
+    if compared:
+        lines += ["## Side by side", "", "The FLOPs of a masked cell count only the (query, key) pairs its mask "
+                  "lets through: TFLOP/s is work actually done.", ""] + compared
     lines += ["## Tables (the seed's layout)", ""] + seed_tables(run)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -20,6 +20,7 @@ from attention_impls import VARIANTS
 from attnbench import cli
 from attnbench.grid import cell_key
 from attnbench.render import ms as _fmt_ms
+from attnbench.render import tflops as _fmt_tflops
 from attnbench.report import SEED_CLAIMED_NXN, fit_exponent
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -375,3 +376,26 @@ def test_a_grid_at_fixed_tokens_and_width_is_headed_by_them(capsys):
     assert len(headings) == 18 and all(
         h.endswith("(batch × seq_len = 16384 tokens, heads × head_dim = 2048)") for h in headings), headings[:3]
     assert "### triton_flash · bf16 · causal (batch × seq_len" in tables
+
+
+def test_side_by_side_tables_each_mode_with_a_column_per_variant(capsys):
+    """Every (dtype, mode, head_dim) that several variants ran gets TFLOP/s and memory with a column per variant;
+    a value is the cell's FLOPs over its median (the fa2-paper H200 run kept in docs/results)."""
+    path = REPO_ROOT / "docs" / "results" / "NVIDIA-H200" / "2026-11-29-fa2-paper-accuracy.json.gz"
+    from attnbench import record
+
+    run = record.load(path)
+    block = section(report(capsys, path), "## Side by side")
+    headings = [line for line in block.splitlines() if line.startswith("### ")]
+    assert headings == [f"### bf16 · {mode} · head_dim {d} (batch × seq_len = 16384 tokens, heads × head_dim = 2048)"
+                        for mode in ("non-causal", "causal") for d in (64, 128)], headings
+    table = section(block, "### bf16 · causal · head_dim 128")
+    rows = table_after(table, "**TFLOP/s, forward / backward**")
+    variants = rows[0][1:]
+    assert variants[-1] == "triton_flash" and "sdpa_cudnn" in variants
+    row = next(r for r in rows[1:] if r[0] == "16384")
+    cell = run.cells["triton_flash-s16384-d128-b1-h16-bf16-causal"]
+    want = " / ".join(_fmt_tflops(cell.passes[p].flops / cell.passes[p].median_s) for p in ("forward", "backward"))
+    assert row[-1] == want, f"triton_flash at 16384: {row[-1]!r}, expected {want!r}"
+    memory = table_after(table, "**Memory before backward (MiB)**")
+    assert [r[0] for r in memory[1:]] == ["1024", "2048", "4096", "8192", "16384"]
