@@ -44,6 +44,7 @@ class TensorError:
     bound: float
     nan_count: int = 0
     inf_count: int = 0
+    ref_max_abs: float | None = None  # the reference tensor's largest magnitude (None in runs saved before it)
 
     @property
     def within_bound(self) -> bool:
@@ -126,6 +127,6 @@ def measure(attention: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         if plain_err is not None and not math.isfinite(plain_err):
             plain_err = None
         bound = MULTIPLE[name] * (plain_err or 0.0) + floor
-        tensors[name] = TensorError(max_abs, rel_rms, plain_err, bound, nan_count, inf_count)
+        tensors[name] = TensorError(max_abs, rel_rms, plain_err, bound, nan_count, inf_count, r.abs().max().item())
     return Accuracy(tensors, plain_fits and all(t.plain_max_abs_error is not None for t in tensors.values()),
                     floor)

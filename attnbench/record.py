@@ -80,7 +80,8 @@ CELL_KEYS = (*AXES, "status", "message", *MEMORY_KEYS, "accuracy", "shard", "pre
 SHARD_KEYS = ("index", "count", "grid_cells", "partition_memory_bytes")
 #: keys of a cell's ``accuracy`` record, and of each of its tensors' (attnbench.accuracy).
 ACCURACY_KEYS = ("plain_fits", "floor", "tensors")
-TENSOR_ERROR_KEYS = ("max_abs_error", "rel_rms_error", "plain_max_abs_error", "bound", "nan_count", "inf_count")
+TENSOR_ERROR_KEYS = ("max_abs_error", "rel_rms_error", "plain_max_abs_error", "bound", "nan_count", "inf_count",
+                     "ref_max_abs")
 #: keys of machine_info.attnbench.env.
 ENV_KEYS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "python", "gpu_memory_bytes", "sm_count")
 #: keys of machine_info.attnbench: the environment, which GPU measured (its UUID and the process's
@@ -347,7 +348,8 @@ def cell_section(rec: CellRecord) -> dict:
 def accuracy_section(acc: Accuracy) -> dict:
     """A cell's ``accuracy``: whether the plain computation fitted, the floor, and each tensor's errors."""
     return {"plain_fits": acc.plain_fits, "floor": acc.floor,
-            "tensors": {name: {k: getattr(t, k) for k in TENSOR_ERROR_KEYS} for name, t in acc.tensors.items()}}
+            "tensors": {name: {k: getattr(t, k) for k in TENSOR_ERROR_KEYS if getattr(t, k) is not None
+                               or k != "ref_max_abs"} for name, t in acc.tensors.items()}}
 
 
 def run_section(*, preset: str, timing: Timing, plants: dict, complete: bool, stop_reason: str,
@@ -839,7 +841,10 @@ class _Reader:
             plain = t.get("plain_max_abs_error")
             plain = None if plain is None else self.number(entry, f"{where}.plain_max_abs_error", plain)
             bound = self.number(entry, f"{where}.bound", t.get("bound"))
-            tensors[name] = TensorError(errors["max_abs_error"], errors["rel_rms_error"], plain, bound, **counts)
+            ref = t.get("ref_max_abs")
+            ref = None if ref is None else self.number(entry, f"{where}.ref_max_abs", ref)
+            tensors[name] = TensorError(errors["max_abs_error"], errors["rel_rms_error"], plain, bound, **counts,
+                                        ref_max_abs=ref)
         return Accuracy(tensors, fields["plain_fits"], floor)
 
     def benchmarks(self, cells: dict[str, CellRecord], device: str) -> int:
@@ -893,12 +898,13 @@ def _plain_accuracy(fields) -> Accuracy | None:
     if not all(type(t) is dict for t in tensors):
         return None
     figures = [fields.get("floor"), *(t.get(k) for t in tensors for k in ("max_abs_error", "rel_rms_error", "bound")),
-               *(t["plain_max_abs_error"] for t in tensors if t.get("plain_max_abs_error") is not None)]
+               *(t[k] for t in tensors for k in ("plain_max_abs_error", "ref_max_abs") if t.get(k) is not None)]
     counts = [t.get(k) for t in tensors for k in ("nan_count", "inf_count")]
     if not (_plain_numbers(figures) and _plain_numbers(counts, integer=True)):
         return None
     return Accuracy({name: TensorError(t["max_abs_error"], t["rel_rms_error"], t.get("plain_max_abs_error"), t["bound"],
-                                       t["nan_count"], t["inf_count"]) for name, t in zip(TENSORS, tensors)},
+                                       t["nan_count"], t["inf_count"], t.get("ref_max_abs"))
+                     for name, t in zip(TENSORS, tensors)},
                     fields["plain_fits"], fields["floor"])
 
 

@@ -42,6 +42,17 @@ def test_right_variants_are_within_their_bound(name, causal):
         assert 0 <= t.max_abs_error <= t.bound and t.plain_max_abs_error is not None and t.rel_rms_error < 1e-5
 
 
+def test_each_tensor_records_its_reference_magnitude():
+    """ref_max_abs lets a saved run be judged against another bound: the float64 reference's largest value."""
+    from attention_impls.reference import reference
+
+    q, k, v, grad_out = qkv()
+    acc = accuracy.measure(attention_of("naive"), q, k, v, grad_out, causal=False, plain_fits=True)
+    want = reference(q.double(), k.double(), v.double(), causal=False)[0].abs().max().item()
+    assert acc.tensors["out"].ref_max_abs == pytest.approx(want, rel=1e-12)
+    assert all(t.ref_max_abs > 0 for t in acc.tensors.values())
+
+
 def test_a_planted_relative_error_is_wrong_in_every_tensor():
     q, k, v, grad_out = qkv()
     acc = accuracy.measure(attention_of("naive", rel_error=1e-3), q, k, v, grad_out, causal=False, plain_fits=True)
@@ -117,6 +128,7 @@ def test_every_cell_records_its_accuracy(tmp_path_factory):
         assert rec.status == "ok" and rec.accuracy is not None, f"{key}: {rec.status}, accuracy {rec.accuracy}"
         assert rec.accuracy.plain_fits and rec.accuracy.wrong == []
         assert rec.accuracy_s is not None and rec.accuracy_s > 0, f"{key}: the check's seconds are saved"
+        assert all(t.ref_max_abs > 0 for t in rec.accuracy.tensors.values()), f"{key}: reference magnitudes saved"
 
 
 def test_a_wrong_cell_fails_the_run_names_it_and_the_grid_goes_on(wrong_run):
