@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import traceback
 import zlib
 from collections.abc import Callable
 
@@ -52,6 +53,10 @@ class CellOOM(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
+
+
+#: lines of a failing variant's traceback kept in the test's failure report
+TRACEBACK_LINES = 12
 
 
 def release_memory() -> None:
@@ -211,8 +216,10 @@ class CellRunner:
 
     def ensure_probed(self) -> None:
         """Probe once (and check accuracy); an OOM cell is recorded as such and its benchmarks skip with the
-        numbers. A wrong cell is timed all the same: how fast a wrong kernel is belongs in the record."""
+        numbers. A wrong cell is timed all the same: how fast a wrong kernel is belongs in the record. A variant
+        that raises is recorded as failed: its first benchmark fails with the error, the next one skips."""
         rec = self.record
+        failure = None
         if rec.status == "pending":
             try:
                 self.probe()
@@ -224,9 +231,22 @@ class CellRunner:
                 rec.status, rec.message = exc.kind, str(exc)
             except torch.OutOfMemoryError as exc:
                 rec.status, rec.message = "oom-measured", str(exc).splitlines()[0]
+            except Exception as exc:  # noqa: BLE001  (the variant raised: recorded, reported, the grid goes on)
+                failure = self._record_failure(exc)
             release_memory()  # outside the except: the traceback no longer pins the tensors
+        if failure is not None:
+            pytest.fail(failure, pytrace=False)
         if rec.status not in ("ok", "wrong", "capture-failed"):
             pytest.skip(f"{rec.status}: {rec.message}")
+
+    def _record_failure(self, exc: Exception, pass_name: str | None = None) -> str:
+        """Status failed with the error's first line; returns the failure text with the traceback as text (no
+        frames are kept, so the cell's tensors can be freed)."""
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        where = f"{pass_name}: " if pass_name else ""
+        self.record.status, self.record.message = "failed", f"{where}{type(exc).__name__}: {first_line}"
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-TRACEBACK_LINES:])
+        return f"{self.cell.key}: {self.record.message}\n{trace}"
 
     # -- what is timed
 
@@ -328,6 +348,7 @@ class CellRunner:
         """
         if pass_name not in ("forward", "backward"):
             raise ValueError(f"pass_name must be 'forward' or 'backward', got {pass_name!r}")
+        failure = None
         try:
             self._bench(benchmark, pass_name)
             return
@@ -336,7 +357,11 @@ class CellRunner:
         except _CaptureFailed as exc:
             self.record.status = "capture-failed"
             self.record.message = "; ".join(filter(None, (self.record.message, str(exc))))
+        except Exception as exc:  # noqa: BLE001  (the variant raised: recorded, reported, the grid goes on)
+            failure = self._record_failure(exc, pass_name)
         release_memory()
+        if failure is not None:
+            pytest.fail(failure, pytrace=False)
         pytest.skip(f"{self.record.status}: {self.record.message}")
 
     def _bench(self, benchmark, pass_name: str) -> None:

@@ -24,6 +24,7 @@ from suite_runs import (
     TINY_HEAD_DIMS,
     TINY_SEQ_LENS,
     TINY_VARIANTS,
+    run_suite,
     tiny_suite_run,
 )
 
@@ -334,3 +335,38 @@ def test_pytest_benchmark_groups_and_compares_by_parameter(tmp_path):
         assert len(rows) == 2 * len(TINY_SEQ_LENS) * len(PASSES), f"both runs' benchmarks of {variant}:\n{table}"
         assert all(f"[{variant}-s" in row for row in rows), table
         assert {re.search(r"\((000[12])_", row).group(1) for row in rows} == {"0001", "0002"}
+
+
+RAISING_VARIANT = '''
+import dataclasses
+
+from attention_impls import registry
+
+_naive = registry.VARIANTS["naive"]
+
+
+def _raises_at_64(q, k, v, *, causal=False, mask=None):
+    if q.shape[2] == 64:
+        raise RuntimeError("this kernel raises at seq_len 64")
+    return _naive.impl(q, k, v, causal=causal)
+
+
+registry.VARIANTS["naive"] = dataclasses.replace(_naive, impl=_raises_at_64)
+'''
+
+
+def test_a_variant_that_raises_fails_its_cell_and_the_grid_goes_on(tmp_path):
+    """An exception that is not an OOM: the cell is recorded failed with the error, its first benchmark fails
+    (exit 1) with the traceback as text, its other one skips, and every other cell is measured."""
+    (tmp_path / "raising_variant.py").write_text(RAISING_VARIANT)
+    pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    run = run_suite(tmp_path / "run.json", "-p", "raising_variant", "-rs", env={"PYTHONPATH": pythonpath})
+    assert run.returncode == 1, run.output[-3000:]
+    assert "RuntimeError: this kernel raises at seq_len 64" in run.output and "Traceback" in run.output
+    saved = record.load(run.json_path)
+    assert saved.complete, f"every cell was reached: {saved.stop_reason}"
+    failed = {k: rec for k, rec in saved.cells.items() if rec.status == "failed"}
+    assert set(failed) == {"naive-s64-d16-b2-h2-fp32-full"}, failed
+    assert failed["naive-s64-d16-b2-h2-fp32-full"].message == "RuntimeError: this kernel raises at seq_len 64"
+    assert all(rec.status == "ok" and len(rec.passes) == 2 for k, rec in saved.cells.items() if k not in failed)
+    assert "skipped" in run.output.lower() and "failed: RuntimeError" in run.output
