@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from . import render
@@ -122,30 +123,35 @@ def _shape_note(cells: list[CellRecord]) -> str:
     return ", ".join(f"batch {b} × heads {h}" for b, h in shapes)
 
 
+def _memory_title(run: Run) -> str:
+    return "Memory before backward (MiB)" if run.device == "cuda" else "Saved for backward, census (MiB)"
+
+
+def _seq_len_table(title: str, corner: str, columns: list, cell_at: dict, value: Callable) -> list[str]:
+    """A titled table, one row per seq_len in ``cell_at``'s keys: ``value`` of each column's cell, or its status."""
+    rows = []
+    for seq_len in sorted({s for s, _ in cell_at}):
+        row = [str(seq_len)]
+        for column in columns:
+            cell = cell_at.get((seq_len, column))
+            row.append(_status_text(cell, value(cell) if cell is not None else ""))
+        rows.append(row)
+    return [f"**{title}**", "", render.table([corner, *map(str, columns)], rows), ""]
+
+
 def seed_tables(run: Run) -> list[str]:
     """Per variant/dtype/mask: forward ms, backward ms and memory before backward (rows seq_len, cols head_dim)."""
     lines: list[str] = []
-    memory_title = "Memory before backward (MiB)" if run.device == "cuda" else "Saved for backward, census (MiB)"
     for (variant, dtype, mode), cells in _groups(run).items():
-        seq_lens = sorted({c.cell.seq_len for c in cells})
         head_dims = sorted({c.cell.head_dim for c in cells})
         by_shape = {(c.cell.seq_len, c.cell.head_dim): c for c in cells}
-        shape_note = _shape_note(cells)
-        lines += [f"### {variant} · {dtype} · {_mode_text(mode)} ({shape_note})", ""]
+        lines += [f"### {variant} · {dtype} · {_mode_text(mode)} ({_shape_note(cells)})", ""]
         for title, value in (
             ("Forward (ms)", lambda c: _time(run, c, "forward")),
             ("Backward (ms)", lambda c: _time(run, c, "backward")),
-            (memory_title, lambda c: render.mib(_memory(c))),
+            (_memory_title(run), lambda c: render.mib(_memory(c))),
         ):
-            rows = []
-            for s in seq_lens:
-                row = [str(s)]
-                for d in head_dims:
-                    cell = by_shape.get((s, d))
-                    row.append(_status_text(cell, value(cell) if cell is not None else ""))
-                rows.append(row)
-            lines += [f"**{title}**", "", render.table(["seq_len \\ head_dim"] + [str(d) for d in head_dims], rows),
-                      ""]
+            lines += _seq_len_table(title, "seq_len \\ head_dim", head_dims, by_shape, value)
     return lines
 
 
@@ -370,28 +376,19 @@ def side_by_side(run: Run) -> list[str]:
     groups: dict[tuple, list[CellRecord]] = defaultdict(list)
     for rec in run.cells.values():
         groups[(rec.cell.dtype, _mode(rec.cell), rec.cell.head_dim)].append(rec)
-    memory_title = "Memory before backward (MiB)" if run.device == "cuda" else "Saved for backward, census (MiB)"
     lines: list[str] = []
     for (dtype, mode, head_dim), cells in groups.items():
         variants = list(dict.fromkeys(c.cell.variant for c in cells))
         if len(variants) < 2:
             continue
         by_cell = {(c.cell.seq_len, c.cell.variant): c for c in cells}
-        seq_lens = sorted({c.cell.seq_len for c in cells})
         lines += [f"### {dtype} · {_mode_text(mode)} · head_dim {head_dim} ({_shape_note(cells)})", ""]
         for title, value in (
             ("TFLOP/s, forward / backward", lambda c: f"{_tflops(c, 'forward')} / {_tflops(c, 'backward')}"
              + (WRONG_MARK if c.status == "wrong" else "")),
-            (memory_title, lambda c: render.mib(_memory(c))),
+            (_memory_title(run), lambda c: render.mib(_memory(c))),
         ):
-            rows = []
-            for seq_len in seq_lens:
-                row = [str(seq_len)]
-                for variant in variants:
-                    cell = by_cell.get((seq_len, variant))
-                    row.append(_status_text(cell, value(cell) if cell is not None else ""))
-                rows.append(row)
-            lines += [f"**{title}**", "", render.table(["seq_len \\ variant", *variants], rows), ""]
+            lines += _seq_len_table(title, "seq_len \\ variant", variants, by_cell, value)
     return lines
 
 
