@@ -883,6 +883,7 @@ def triton_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     seq_k); fully masked key blocks are skipped, forward and backward.
     """
     _check_gqa_and_mask(q, k, v, causal, mask)
+    tuning()  # a bad ATTNBENCH_TRITON_TUNE is refused here, not inside Triton's autotuner
     return _TritonFlashAttention.apply(q, k, v, causal, mask)
 
 

@@ -188,7 +188,25 @@ def _sites(data: dict) -> list[tuple]:
         sites += [("benchmarks", i, "params", axis) for axis in AXES]
     for j, _ in enumerate(data["attnbench"]["cells"]):
         sites += [("attnbench", "cells", j, name) for name in (*AXES, "status", *record.REQUIRED_MEMORY)]
+        # optional figures: absent or null is valid, anything else they hold must be a number
+        sites += [("attnbench", "cells", j, "accuracy_s"),
+                  ("attnbench", "cells", j, "accuracy", "tensors", "out", "ref_max_abs")]
     return sites
+
+
+@pytest.mark.parametrize("field", ["accuracy_s", "ref_max_abs"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1, "garbage", []], ids=["nan", "inf", "negative", "string", "list"])
+def test_an_optional_figure_that_is_not_a_number_is_refused(tiny, capsys, tmp_path, field, bad):
+    data = tiny.data()
+    cell = data["attnbench"]["cells"][0]
+    if field == "accuracy_s":
+        cell["accuracy_s"] = bad
+    else:
+        cell["accuracy"]["tensors"]["dq"]["ref_max_abs"] = bad
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    code, out, err = report(capsys, path)
+    assert code == 2 and field in err and out == "", f"{field}={bad!r}: exit {code}\n{err}"
 
 
 #: replacements no field the reader relies on may take; strings only where a string is not valid
@@ -198,12 +216,14 @@ MUTATIONS = {
 }
 #: fields where any string is a valid value: mutating them to one is not a corruption
 _ANY_STRING = {"fullname"}
+#: optional fields: deleting them or setting them null leaves a valid run
+_OPTIONAL = {"accuracy_s", "ref_max_abs"}
 
 
 def _mutate(data: dict, site: tuple, kind: str) -> bool:
     """Apply ``kind`` at ``site``; False when that mutation would leave a valid run."""
     *parents, last = site
-    if kind == "string" and last in _ANY_STRING:
+    if kind == "string" and last in _ANY_STRING or kind in ("delete", "null") and last in _OPTIONAL:
         return False
     node = data
     for key in parents:

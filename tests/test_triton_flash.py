@@ -295,6 +295,9 @@ def test_with_tuning_off_each_key_takes_its_first_candidate(monkeypatch):
     monkeypatch.setenv(tf.TUNE_ENV, "sometimes")
     with pytest.raises(ValueError, match="ATTNBENCH_TRITON_TUNE='sometimes': expected on or off"):
         tf.tuning()
+    q = torch.randn(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="ATTNBENCH_TRITON_TUNE='sometimes': expected on or off"):
+        tf.triton_flash_attention(q, q.clone(), q.clone())  # at the call, before any kernel runs
 
 
 @pytest.mark.gpu
