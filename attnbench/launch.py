@@ -20,7 +20,6 @@ many torch threads): what the GPU shards do for GPUs, on one machine's cores. Ex
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from .merge import CannotMerge, merge
 from .record import DEFAULT_STORAGE, RunError, load, write_json_atomically
+from .signals import sigterm_as_ctrl_c
 
 EXIT_OK, EXIT_SHARD_FAILED, EXIT_CANNOT_RUN, EXIT_OUTPUT_ERROR = 0, 1, 2, 3
 DEFAULT_TESTS = "benchmarks"
@@ -192,7 +192,7 @@ def wait(shards: list[Shard], threads: list[threading.Thread]) -> bool:
     """Wait for every shard; on Ctrl-C or SIGTERM pass Ctrl-C on to the shards (they save what they measured,
     and this process merges it). True when interrupted."""
     interrupted = False
-    with _sigterm_as_ctrl_c():
+    with sigterm_as_ctrl_c():
         while True:
             try:
                 for shard in shards:
@@ -206,24 +206,6 @@ def wait(shards: list[Shard], threads: list[threading.Thread]) -> bool:
     for thread in threads:
         thread.join()
     return interrupted
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c():
-    """SIGTERM (a job timeout, ``kill``) raises KeyboardInterrupt while the shards run, where SIGTERM's default
-    action would kill this process before it merged what the shards saved; in the main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    before = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 def _exit_text(code: int) -> str:

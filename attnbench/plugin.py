@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from .record import (
     run_section,
 )
 from .runner import CellRunner
+from .signals import sigterm_as_ctrl_c
 from .timing import DeviceClock
 
 
@@ -59,7 +58,7 @@ class AttnSession:
     saved_path: Path | None = None
     storage_lock: object = None
     terminated: bool = False  # SIGTERM arrived: the run stops as on Ctrl-C and is saved, marked incomplete
-    previous_sigterm: object = None
+    sigterm: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # SIGTERM as Ctrl-C, until unconfigure
     pytest_session: pytest.Session | None = None
     compared_runs: list[Run] = field(default_factory=list)  # --benchmark-compare's runs, read by our reader
     compare_findings: list = field(default_factory=list)  # regressions against --benchmark-compare's run
@@ -250,33 +249,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Take the storage's lock when saving into it, save atomically, and sample the GPU before anything runs."""
+    """Take the storage's lock when saving into it, save atomically, take SIGTERM as Ctrl-C (what was measured is
+    saved, marked incomplete), and sample the GPU before anything runs."""
     config = session.config
     s = attn_session(config)
     s.pytest_session = session
     bs = getattr(config, "_benchmarksession", None)
     if bs is not None and not bs.disabled:
         _guard_saving(bs, s)
-    _stop_on_sigterm(s)
+    s.sigterm.enter_context(sigterm_as_ctrl_c(on_sigterm=lambda: setattr(s, "terminated", True)))
     if s.device == "cuda":
         from .machine import gpu_sample
 
         s.gpu_start = gpu_sample()
-
-
-def _stop_on_sigterm(s: AttnSession) -> None:
-    """SIGTERM (a job timeout, a cancelled CI job, ``kill``) stops the run as Ctrl-C does, so what it measured is
-    saved, marked incomplete, rather than lost. A second SIGTERM kills at once. A handler someone else set stays."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return
-
-    def terminate(signum, frame):
-        s.terminated = True
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise KeyboardInterrupt("SIGTERM")
-
-    s.previous_sigterm = signal.signal(signal.SIGTERM, terminate)
 
 
 def _guard_saving(bs, s: AttnSession) -> None:
@@ -499,7 +484,7 @@ def _summary(terminalreporter, config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Release the storage's lock; give SIGTERM back its default action."""
     s = config.stash.get(_SESSION, None)
-    if s is not None and s.previous_sigterm is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, s.previous_sigterm)
+    if s is not None:
+        s.sigterm.close()
     if s is not None and s.storage_lock is not None:
         s.storage_lock.release()
