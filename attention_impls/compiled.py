@@ -51,6 +51,7 @@ register(
     masks=MASK_KINDS,
     gqa=True,
     expands_kv=True,
+    compiles_on=frozenset({"cpu", "cuda"}),
     description="torch_softmax under torch.compile (Inductor, dynamic=False; one graph per cell)",
 )(compiled_attention)
 

@@ -117,5 +117,6 @@ register(
     dtypes=FLOAT_DTYPES,
     availability=_unavailable_reason,
     prepare=prepare,
+    compiles_on=frozenset({"cuda"}),  # CPU runs the eager path
     description="FlexAttention (torch.compile on CUDA; eager on CPU), block mask built once per cell, enable_gqa",
 )(flex_attention_variant)

@@ -80,8 +80,9 @@ class Variant:
     False by default), ``prepare(seq_len, causal, mask, device)`` (an optional per-cell setup, such as
     building a block mask, that the benchmark runs and times once, outside the timed calls), ``expands_kv``
     (with GQA, whether autograd keeps k and v expanded to every query head), ``compute_dtype(dtype)`` (the
-    dtype it computes and keeps tensors in for inputs of ``dtype``, where it upcasts), and ``cpu_interpreted``: a GPU
-    kernel that runs on CPU
+    dtype it computes and keeps tensors in for inputs of ``dtype``, where it upcasts), ``compiles_on``: the device
+    types on which its first call in a cell compiles a graph of its own (``torch.compile``, one per cell; ``attnbench
+    precompile`` compiles them ahead of a run), and ``cpu_interpreted``: a GPU kernel that runs on CPU
     only in an interpreter, correct but too slow to time, so the CPU grid leaves it out unless asked.
     """
 
@@ -108,6 +109,7 @@ class Variant:
     expands_kv: bool = False
     prepare: Prepare | None = field(default=None, repr=False)
     compute_dtype: Callable[[torch.dtype], torch.dtype] = field(default=lambda dtype: dtype, repr=False)
+    compiles_on: frozenset[str] = frozenset()
 
     def nxn_saved(self, causal: bool = False, mask: object = None) -> int:
         """n×n tensors kept for backward for this masking mode (a mask counts as masked, like causal)."""

@@ -246,3 +246,27 @@ def test_bad_mask_labels_are_refused_naming_the_forms(text):
 
     with pytest.raises(argparse.ArgumentTypeError):
         parse_masks(text)
+
+
+# -- flex compiled on a GPU (CPU runs FlexAttention's eager path; the kernels Inductor generates run only here)
+
+GPU_FLEX_CASES = [  # (causal, mask, heads_kv): one compile each, every mask kind once, MHA, GQA and MQA
+    (False, None, 4),
+    (True, masks.sliding_window(64), 1),
+    (True, masks.document((3, 97, 1, 99)), 2),
+    (False, masks.prefix_lm(50), 4),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex compiles its kernels on CUDA only: needs a CUDA GPU")
+@pytest.mark.parametrize(("causal", "mask", "heads_kv"), GPU_FLEX_CASES,
+                         ids=["none-kv4", "causal-window64-kv1", "causal-documents-kv2", "prefix50-kv4"])
+def test_gpu_flex_matches_the_reference_and_keeps_no_nxn(causal, mask, heads_kv, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    generator = torch.Generator().manual_seed(len(GPU_FLEX_CASES) * heads_kv + causal)
+    q, k, v = (t.detach().cuda().requires_grad_() for t in qkv(2, 4, heads_kv, 200, 64, torch.float32, generator))
+    grad_out = torch.randn(q.shape, generator=generator).cuda()
+    check_against_reference("flex", q, k, v, grad_out, causal, mask)
+    census = census_of_attention(VARIANTS["flex"].fn, q, k, v, causal=causal, mask=mask)
+    assert census.nxn_count == 0, f"flex kept an n×n tensor on CUDA:\n{census.describe()}"

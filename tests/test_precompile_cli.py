@@ -1,13 +1,17 @@
 """``attnbench precompile``: the command around attention_impls.triton_flash.precompile (GPU work itself is
-tested in test_triton_flash.py)."""
+tested in test_triton_flash.py) and the graphs of the variants that compile one per cell."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
-from attention_impls import triton_flash
-from attnbench import cli
+from attention_impls import VARIANTS, get_variant, triton_flash
+from attnbench import cli, precompile
+from attnbench.grid import Cell
 
 
 def test_passes_the_presets_grid_to_the_kernel_module(monkeypatch, capsys):
@@ -51,3 +55,47 @@ def test_without_a_gpu_it_says_there_is_nothing_to_compile(capsys):
 def test_what_triton_flash_cannot_run_is_exit_2(capsys, args, message):
     assert cli.main(["precompile", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+# graphs: the variants that compile one per cell (flex and compiled under torch.compile)
+
+
+def _cell(variant: str, seq_len: int = 48) -> Cell:
+    return Cell(variant=variant, seq_len=seq_len, head_dim=16, batch=1, heads=2, heads_kv=2, dtype="fp32",
+                causal=True, mask="none", device="cpu")
+
+
+def test_compile_graphs_runs_each_cells_first_call_and_passes_over_the_others():
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    result = precompile.compile_graphs([_cell("compiled"), _cell("torch_softmax")], workers=1)
+    assert (result.compiled, result.failed) == (1, ())
+    assert result.slowest[0] == _cell("compiled").key
+    assert counters["stats"]["unique_graphs"] > before, "the compiled cell's graph was not compiled"
+
+
+def test_a_cell_that_cannot_compile_is_reported_not_raised(monkeypatch):
+    def broken(q, k, v, *, causal=False, mask=None):
+        raise RuntimeError("Inductor could not lower this")
+
+    monkeypatch.setitem(VARIANTS, "compiled", dataclasses.replace(get_variant("compiled"), impl=broken))
+    result = precompile.compile_graphs([_cell("compiled"), _cell("compiled", 64)], workers=1)
+    assert result.compiled == 0
+    assert [e.split(":")[0] for e in result.failed] == [_cell("compiled").key, _cell("compiled", 64).key]
+    assert "RuntimeError: Inductor could not lower this" in result.failed[0]
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_compile_graphs_refuses_a_bad_worker_count(workers):
+    with pytest.raises(TypeError, match="workers must be a positive int or None"):
+        precompile.compile_graphs([_cell("compiled")], workers=workers)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU grid")
+def test_the_command_compiles_the_graphs_of_the_cells_it_names(capsys):
+    assert cli.main(["precompile", "--preset", "cpu-small", "--variants", "compiled,torch_softmax",
+                     "--seq-lens", "40", "--head-dims", "16", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    # cpu-small: fp32, not causal, one mask; the compiled variant's one cell, nothing for torch_softmax
+    assert "graphs of 1 compiled cells (cpu) compiled in" in out, out
+    assert "compiled-s40-d16-b2-h2-fp32-full" in out, out
