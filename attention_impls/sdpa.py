@@ -118,7 +118,8 @@ register(
     backward_fp32_q_buffers=1,  # measured: its fp32 dq accumulator, head_dim padded to at least 64
     saves_output=True,
     masks=MASK_KINDS,  # attn_mask: a boolean (seq, seq) mask read by the kernel, no block skipping
-    gqa=True,  # enable_gqa, where PyTorch's check accepts it (said by the shape check otherwise)
+    # no enable_gqa: PyTorch's check refuses it for this kernel (measured: torch 2.11 on an H200 refused all 25
+    # GQA cells of the flex preset, 2026-11-29); k and v expanded by the caller would be another variant
     dtypes=(torch.float16, torch.bfloat16, torch.float32),
     availability=partial(_needs_cuda, backend="efficient"),
     description="F.scaled_dot_product_attention, memory-efficient backend (CUDA; fp32 too)",

@@ -55,6 +55,11 @@ class CellOOM(Exception):
         self.kind = kind
 
 
+class CellUnavailable(Exception):
+    """The variant refuses the cell's tensors for a reason only this machine's libraries know (an SDPA backend's
+    own check, say): the cell is recorded skipped with the reason, as the grid does with what it knows ahead."""
+
+
 #: lines of a failing variant's traceback kept in the test's failure report
 TRACEBACK_LINES = 12
 
@@ -162,6 +167,11 @@ class CellRunner:
         on_cuda = self.cell.device == "cuda"
         release_memory()
         self._check_fits(prediction.peak_bytes)
+        q, k, v, _ = self.inputs()
+        reason = self.variant.shape_reason(q, k, v, causal=self.cell.causal, mask=self.mask)
+        del q, k, v, _
+        if reason is not None:
+            raise CellUnavailable(f"{self.cell.variant} unavailable: {reason}")
         self.prepare()
         # One untimed forward and backward first: compilation, autotuning (Triton's benchmarking
         # allocates a 256 MiB cache-flush buffer) and library workspaces must not count as the cell's.
@@ -216,7 +226,8 @@ class CellRunner:
 
     def ensure_probed(self) -> None:
         """Probe once (and check accuracy); an OOM cell is recorded as such and its benchmarks skip with the
-        numbers. A wrong cell is timed all the same: how fast a wrong kernel is belongs in the record. A variant
+        numbers; a cell whose tensors the variant refuses (``Variant.shape_reason``) is recorded skipped with the
+        reason. A wrong cell is timed all the same: how fast a wrong kernel is belongs in the record. A variant
         that raises is recorded as failed: its first benchmark fails with the error, the next one skips."""
         rec = self.record
         failure = None
@@ -229,6 +240,8 @@ class CellRunner:
                     self.measure_accuracy()
             except CellOOM as exc:
                 rec.status, rec.message = exc.kind, str(exc)
+            except CellUnavailable as exc:
+                rec.status, rec.message = "skipped", str(exc)
             except torch.OutOfMemoryError as exc:
                 rec.status, rec.message = "oom-measured", str(exc).splitlines()[0]
             except Exception as exc:  # noqa: BLE001  (the variant raised: recorded, reported, the grid goes on)

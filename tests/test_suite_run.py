@@ -7,6 +7,7 @@ record them and go on with the rest of the grid.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -249,6 +250,30 @@ def test_probe_predicts_oom_on_a_cuda_cell_without_touching_the_device(monkeypat
     assert record.cell_section(rec)["status"] == "oom-predicted"
     with pytest.raises(pytest.skip.Exception, match="oom-predicted"):
         runner.ensure_probed()  # the verdict is kept: the backward benchmark of the cell skips too
+
+
+
+def test_a_cell_the_variant_refuses_at_run_time_is_skipped_with_its_reason(monkeypatch):
+    """Some refusals only the machine's libraries know (an SDPA backend's own check): the cell is recorded
+    skipped with the variant's sentence, nothing is run, and the grid goes on."""
+    calls = []
+
+    def refuse_gqa(q, k, v, causal, mask=None):
+        calls.append(tuple(k.shape))
+        return "this backend refuses enable_gqa here" if k.shape[1] != q.shape[1] else None
+
+    patched = dataclasses.replace(VARIANTS["torch_softmax"], shape_check=refuse_gqa, gqa=True)
+    monkeypatch.setitem(VARIANTS, "torch_softmax", patched)
+    gqa = Cell(variant="torch_softmax", seq_len=32, head_dim=16, batch=1, heads=4, heads_kv=2, dtype="fp32",
+               causal=False, device="cpu")
+    runner = CellRunner(gqa, max_time_s=0.01, min_rounds=1)
+    with pytest.raises(pytest.skip.Exception, match="skipped: torch_softmax unavailable: this backend refuses"):
+        runner.ensure_probed()
+    assert (runner.record.status, runner.record.memory.get("saved_nxn")) == ("skipped", None), "it ran the cell"
+    assert calls == [(1, 2, 32, 16)]
+    mha = CellRunner(dataclasses.replace(gqa, heads_kv=4), max_time_s=0.01, min_rounds=1)
+    mha.ensure_probed()
+    assert mha.record.status == "ok", mha.record.message
 
 
 # -- planted regressions
