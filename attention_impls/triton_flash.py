@@ -49,9 +49,14 @@ from .registry import Variant, lse_row_bytes, register, softmax_scale
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 except ImportError:  # the variant stays registered and says what is missing
     triton = None
     tl = None
+
+    class OutOfResources(Exception):  # never raised without Triton; keeps _launch's except clause valid
+        pass
+
     _TRITON_MISSING = "triton_flash needs Triton: install triton (pip install triton)"
 else:
     _TRITON_MISSING = None
@@ -646,11 +651,25 @@ def _tuning_on():
             os.environ[TUNE_ENV] = before
 
 
+#: tiles that did not fit when launched untuned: (kernel, elem_bytes, head_dim_pad, tile). The shared-memory
+#: estimate is rough (a tf32x3 dot keeps more than it counts: the H200 refused the fp32 forward's 128×64 tile at
+#: head_dim 128, 256 KiB for 196 KiB estimated); the autotuner passes over such tiles by itself, an untuned
+#: launch learns them here and takes the next candidate (:func:`_launch`).
+_UNFIT: set[tuple[str, int, int, tuple[int, int, int, int]]] = set()
+#: the tile each kernel's last untuned prune chose, with its key: what an OutOfResources refers to.
+_LAST_UNTUNED: dict[str, tuple[str, int, int, tuple[int, int, int, int]]] = {}
+
+
 def _tiles_to_try(kernel: str, elem_bytes: int, head_dim_pad: int, seq_bucket: int,
                   shared_memory_bytes: int) -> list[tuple[int, int, int, int]]:
-    """The candidates for one key, or only the first of them when tuning is off."""
+    """The candidates for one key, or when tuning is off the first of them not known to be unfit."""
     fits = _candidate_tiles(kernel, elem_bytes, head_dim_pad, seq_bucket, shared_memory_bytes)
-    return fits if tuning() else fits[:1]
+    if tuning():
+        return fits
+    untried = [t for t in fits if (kernel, elem_bytes, head_dim_pad, t) not in _UNFIT]
+    choice = (untried or fits)[0]
+    _LAST_UNTUNED[kernel] = (kernel, elem_bytes, head_dim_pad, choice)
+    return [choice]
 
 
 def _prune(kernel: str):
@@ -662,6 +681,22 @@ def _prune(kernel: str):
         return [c for c in configs if _tile_of(kernel, c) in fits]
 
     return prune
+
+
+def _launch(kernel: str, tuned, grid, *args, **kwargs) -> None:
+    """``tuned[grid](*args, **kwargs)``; untuned, a tile the GPU refuses for its resources is remembered as unfit
+    and the next candidate is launched instead (tuned, the autotuner already passes over such tiles)."""
+    while True:
+        _LAST_UNTUNED.pop(kernel, None)
+        try:
+            tuned[grid](*args, **kwargs)
+            return
+        except OutOfResources:
+            unfit = _LAST_UNTUNED.get(kernel)
+            if unfit is None or unfit in _UNFIT:  # tuned, or no candidate left: nothing else to try
+                raise
+            _UNFIT.add(unfit)
+            tuned.cache.clear()  # the key's choice is made again, without the unfit tile
 
 
 def _autotune(kernel: str):
@@ -771,8 +806,8 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, ma
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
-    _attn_fwd_tuned[grid](
-        q, k, v, out, lse, mask.doc_start, mask.doc_end, softmax_scale(head_dim),
+    _launch(
+        "fwd", _attn_fwd_tuned, grid, q, k, v, out, lse, mask.doc_start, mask.doc_end, softmax_scale(head_dim),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         heads, heads // heads_kv, seq_q, seq_k, _seq_bucket(seq_q, seq_k), mask.window,
         HEAD_DIM=head_dim, HEAD_DIM_PAD=_head_dim_pad(head_dim), CAUSAL=causal, MASK_KIND=mask.kind,
@@ -803,8 +838,8 @@ def _backward(q, k, v, out, lse, grad_out, causal: bool, mask: _MaskArgs, input_
     def grid_dkdv(meta):
         return (triton.cdiv(seq_k, meta["BLOCK_N1"]), batch * heads_kv)
 
-    _attn_bwd_dkdv_tuned[grid_dkdv](
-        q, k, v, grad_out, lse, delta, grad_k, grad_v, mask.doc_start, mask.doc_end, sm_scale,
+    _launch(
+        "dkdv", _attn_bwd_dkdv_tuned, grid_dkdv, q, k, v, grad_out, lse, delta, grad_k, grad_v, mask.doc_start, mask.doc_end, sm_scale,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_k.stride(), *grad_v.stride(),
         heads, group, seq_q, seq_k, seq_bucket, mask.window,
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, MASK_KIND=mask.kind,
@@ -815,8 +850,8 @@ def _backward(q, k, v, out, lse, grad_out, causal: bool, mask: _MaskArgs, input_
     def grid_dq(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M2"]), batch * heads)
 
-    _attn_bwd_dq_tuned[grid_dq](
-        q, k, v, grad_out, lse, delta, grad_q, mask.doc_start, mask.doc_end, sm_scale,
+    _launch(
+        "dq", _attn_bwd_dq_tuned, grid_dq, q, k, v, grad_out, lse, delta, grad_q, mask.doc_start, mask.doc_end, sm_scale,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_q.stride(),
         heads, group, seq_q, seq_k, seq_bucket, mask.window,
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, MASK_KIND=mask.kind,

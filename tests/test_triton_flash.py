@@ -347,3 +347,59 @@ def test_gpu_tf32_follows_torch_setting(monkeypatch):
     assert_matches_reference(257, 513, 64, True, torch.float32, "cuda")
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     assert tf._input_precision(torch.float32) == "tf32x3"
+
+
+# untuned launches (ATTNBENCH_TRITON_TUNE=off): a tile the GPU refuses is passed over, and remembered
+
+
+class _RefusingKernel:
+    """Stands in for an autotuned kernel: each launch prunes as the autotuner would, and the GPU refuses
+    the tiles in ``refused`` for their shared memory."""
+
+    def __init__(self, refused):
+        self.refused, self.launched, self.cache = set(refused), [], {}
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            (tile,) = tf._tiles_to_try("fwd", 4, 128, 16384, 227 * 1024)
+            self.launched.append(tile)
+            if tile in self.refused:
+                raise tf.OutOfResources(262144, 232448, "shared memory")
+        return launch
+
+
+def test_an_untuned_launch_takes_the_next_tile_when_the_gpu_refuses_one(monkeypatch):
+    monkeypatch.setenv(tf.TUNE_ENV, "off")
+    monkeypatch.setattr(tf, "_UNFIT", set())
+    fits = tf._candidate_tiles("fwd", 4, 128, 16384, 227 * 1024)
+    kernel = _RefusingKernel(refused=fits[:2])
+    tf._launch("fwd", kernel, None)
+    assert kernel.launched == fits[:3], "the refused tiles are passed over in the candidates' order"
+    kernel.launched.clear()
+    tf._launch("fwd", kernel, None)
+    assert kernel.launched == [fits[2]], "the refused tiles are remembered: the next launch goes straight on"
+
+
+def test_an_untuned_launch_with_no_tile_left_raises_what_the_gpu_said(monkeypatch):
+    monkeypatch.setenv(tf.TUNE_ENV, "off")
+    monkeypatch.setattr(tf, "_UNFIT", set())
+    kernel = _RefusingKernel(refused=tf._candidate_tiles("fwd", 4, 128, 16384, 227 * 1024))
+    with pytest.raises(tf.OutOfResources, match="shared memory"):
+        tf._launch("fwd", kernel, None)
+
+
+def test_a_tuned_launch_leaves_refusals_to_the_autotuner(monkeypatch):
+    monkeypatch.setenv(tf.TUNE_ENV, "on")
+    monkeypatch.setattr(tf, "_UNFIT", set())
+
+    class Refused:
+        cache = {}
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise tf.OutOfResources(262144, 232448, "shared memory")
+            return launch
+
+    with pytest.raises(tf.OutOfResources):
+        tf._launch("fwd", Refused(), None)
+    assert tf._UNFIT == set()
