@@ -31,11 +31,9 @@ processes, and ``autotune_candidates`` reports what each candidate tile measured
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import inspect
-import multiprocessing
 import os
 import time
 from collections.abc import Iterable
@@ -44,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from .masks import Document, MaskSpec, SlidingWindow, validate_mask
+from .parallel import map_in_processes
 from .registry import Variant, lse_row_bytes, register, softmax_scale
 
 try:
@@ -1169,13 +1168,7 @@ def precompile(
     start = time.perf_counter()
     jobs = _compile_jobs(dtypes, head_dims, causal, tf32, _shared_memory_bytes(torch.cuda.current_device()), masks)
     workers = min(len(jobs), workers or min(DEFAULT_MAX_WORKERS, os.cpu_count() or 1))
-    if workers == 1:
-        results = [_compile_job(job) for job in jobs]
-    else:
-        # spawn, not fork: a forked child of a process that has initialised CUDA cannot use it
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            results = list(pool.map(_compile_job, jobs))
+    results = map_in_processes(_compile_job, jobs, workers)
     failed = tuple(r for r in results if r is not None)
     return PrecompileResult(compiled=len(jobs) - len(failed), failed=failed, seconds=time.perf_counter() - start)
 

@@ -16,12 +16,12 @@ Both only fill caches: a cell they could not prepare is compiled by the run itse
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import multiprocessing
 import os
 import sys
 import time
 from dataclasses import dataclass
+
+from attention_impls.parallel import map_in_processes
 
 from .grid import (
     NO_MASK,
@@ -102,21 +102,14 @@ def compile_graphs(cells: list[Cell], *, workers: int | None = None) -> GraphRes
     passed over. TypeError for a ``workers`` that is not a positive int."""
     from attention_impls import get_variant
 
-    if workers is not None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise TypeError(f"workers must be a positive int or None, got {workers!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise TypeError(f"workers must be a positive int or None, got {workers!r}")
     cells = [c for c in cells if c.device in get_variant(c.variant).compiles_on]
     if not cells:
         return GraphResult(compiled=0)
     start = time.perf_counter()
     workers = min(len(cells), workers or min(DEFAULT_GRAPH_WORKERS, os.cpu_count() or 1))
-    if workers == 1:
-        results = [compile_cell(cell) for cell in cells]
-    else:
-        # spawn, not fork: a forked child of a process that has initialised CUDA cannot use it
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            results = list(pool.map(compile_cell, cells))
+    results = map_in_processes(compile_cell, cells, workers)
     failed = tuple(error for _key, _s, error in results if error is not None)
     key, seconds, _ = max(results, key=lambda r: r[1])
     return GraphResult(compiled=len(cells) - len(failed), failed=failed, seconds=time.perf_counter() - start,

@@ -4,6 +4,7 @@ tested in test_triton_flash.py) and the graphs of the variants that compile one 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -99,3 +100,10 @@ def test_the_command_compiles_the_graphs_of_the_cells_it_names(capsys):
     # cpu-small: fp32, not causal, one mask; the compiled variant's one cell, nothing for torch_softmax
     assert "graphs of 1 compiled cells (cpu) compiled in" in out, out
     assert "compiled-s40-d16-b2-h2-fp32-full" in out, out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_map_in_processes_keeps_the_items_order(workers):
+    from attention_impls.parallel import map_in_processes
+
+    assert map_in_processes(math.factorial, [5, 3, 0, 4], workers) == [120, 6, 1, 24]

@@ -393,7 +393,8 @@ def test_a_tuned_launch_leaves_refusals_to_the_autotuner(monkeypatch):
     monkeypatch.setattr(tf, "_UNFIT", set())
 
     class Refused:
-        cache = {}
+        def __init__(self):
+            self.cache = {}
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
