@@ -66,6 +66,12 @@ class Variant:
       ``saved_nxn_causal``  the same when masked (``causal=True`` or a mask) where it differs;
       ``saves_output``      whether O is among the saved tensors;
       ``saves_causal_mask`` whether a (seq_q, seq_k) bool mask is saved (when masked);
+      ``backward_half_q_buffers`` q-sized buffers in the inputs' dtype it holds besides, for fp16/bf16 only;
+      ``gqa_backward_expands``    under GQA, whether the backward holds dK and dV for every query head
+                                  before summing them over each group;
+      ``saves_mask_in_input_dtype`` whether, given a mask spec, a (seq_q, seq_k) mask in the inputs' dtype is
+                            saved (an SDPA kernel handed an explicit boolean mask, which PyTorch converts to
+                            an additive one first);
       ``saved_row_bytes``   bytes per query row kept besides inputs and output, as a function of the
                             element size (a log-sum-exp: 4, or 8 in fp64).
     What the memory model adds, from GPU measurements (``attnbench.memory_model``):
@@ -98,6 +104,9 @@ class Variant:
     live_q_buffers: int = 0
     saves_output: bool = False
     saves_causal_mask: bool = False
+    saves_mask_in_input_dtype: bool = False
+    gqa_backward_expands: bool = False
+    backward_half_q_buffers: int = 0
     cpu_interpreted: bool = False
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     max_head_dim: int | None = None

@@ -116,8 +116,14 @@ register(
     saved_nxn=0,
     saved_row_bytes=lse_row_bytes,
     backward_fp32_q_buffers=1,  # measured: its fp32 dq accumulator, head_dim padded to at least 64
+    # measured (H200, bf16: fa2-paper grid, 40 cells, and flex preset, 25): one more q-sized buffer in the inputs'
+    # dtype at the peak, 65 MiB where a bf16 q is 64; none in fp32 (seed grid)
+    backward_half_q_buffers=1,
     saves_output=True,
     masks=MASK_KINDS,  # attn_mask: a boolean (seq, seq) mask read by the kernel, no block skipping
+    # measured (H200, bf16, seq_len 16384, flex preset): with a mask spec it keeps 512 MiB more for backward, the
+    # (seq, seq) additive mask in bf16 that PyTorch converts the boolean one to
+    saves_mask_in_input_dtype=True,
     # no enable_gqa: PyTorch's check refuses it for this kernel (measured: torch 2.11 on an H200 refused all 25
     # GQA cells of the flex preset, 2026-11-29); k and v expanded by the caller would be another variant
     dtypes=(torch.float16, torch.bfloat16, torch.float32),
@@ -133,6 +139,8 @@ register(
     backward_fp32_q_buffers=2,  # measured: 2.01 fp32 q-sized buffers at the backward peak (H200, bf16, 40 cells)
     saves_output=True,
     gqa=True,  # enable_gqa; causal is its only mask
+    # measured (H200, bf16, flex preset): GQA adds two q-sized buffers at the backward peak, dK and dV per query head
+    gqa_backward_expands=True,
     max_head_dim=256,
     availability=partial(_half_only_on_cuda, backend="flash"),
     description="F.scaled_dot_product_attention, FlashAttention-2 backend (CUDA fp16/bf16; CPU any float)",
@@ -146,6 +154,8 @@ register(
     backward_fp32_q_buffers=1,  # measured: 1.02 fp32 q-sized buffers at the backward peak (H200, bf16, 20 cells)
     saves_output=True,
     gqa=True,  # enable_gqa; causal is its only mask
+    # measured (H200, bf16, flex preset): GQA adds two q-sized buffers at the backward peak, dK and dV per query head
+    gqa_backward_expands=True,
     availability=partial(_cuda_half_only, backend="cuDNN"),
     description="F.scaled_dot_product_attention, cuDNN backend (CUDA fp16/bf16)",
     shape_check=partial(_shape_reason, backend=SDPBackend.CUDNN_ATTENTION),

@@ -4,16 +4,21 @@ For a variant, before backward (inputs and output live, graph built) the allocat
 
     inputs   (H + 2·Hkv) · B·S·D · e  q, and k, v with Hkv heads (Hkv = H without GQA)
     output   B·H·S·D · e
-    saved    saved_nxn · B·H·S·S · e  (+ the bool mask, S·S bytes, where one is saved: causal or a mask)
+    saved    saved_nxn · B·H·S·S · e  (+ the bool mask, S·S bytes, where one is saved: causal or a mask;
+                                       + S·S · e for a mask spec handed to SDPA as an explicit mask, which
+                                       PyTorch converts to an additive one: ``saves_mask_in_input_dtype``)
              + 2 · B·H·S·D · e        (GQA, variants that expand k and v to every query head: ``expands_kv``)
              + saved_row_bytes(e) · B·H·S       (log-sum-exp and the like)
     live     live_q_buffers · B·H·S·D · e     (buffers the forward keeps alive unsaved)
 
 and at the backward peak additionally
 
-    grad_out + dq, dk, dv     4 · B·H·S·D · e
+    grad_out + dq, dk, dv     (2·H + 2·Hkv) · B·S·D · e
+                              (+ 2 · B·H·S·D · e where, under GQA, the backward computes dK and dV for every
+                              query head before summing each group: ``gqa_backward_expands``)
     transient                 backward_nxn · B·H·S·S · e  +  backward_row_floats · B·H·S · 4
                               + backward_fp32_q_buffers · B·H·S · max(D, 64) · 4
+                              + backward_half_q_buffers · B·H·S·D · e   (fp16 and bf16 inputs only)
 
 where e is the element size. A variant that computes in a wider dtype than its inputs (``compute_dtype``:
 the math SDPA backend runs fp16 and bf16 in fp32) keeps copies of q, k and v and everything it saves in that
@@ -92,6 +97,8 @@ def predict(
     kv_bytes = 2 * batch * heads_kv * seq_k * head_dim * elem
     nxn_bytes = rows * seq_k * elem
     mask_bytes = seq_len * seq_k if masked and var.saves_causal_mask else 0
+    if mask is not None and var.saves_mask_in_input_dtype:
+        mask_bytes += seq_len * seq_k * elem
     expanded_kv = 2 * batch * heads * seq_k * head_dim * elem if heads_kv != heads and var.expands_kv else 0
     saved_extra = (var.nxn_saved(causal, mask) * nxn_bytes + mask_bytes + var.saved_row_bytes(elem) * rows
                    + expanded_kv)
@@ -103,8 +110,14 @@ def predict(
     softmax_step = q_bytes + v_bytes + int(var.backward_nxn * nxn_bytes)
     end_step = (q_bytes + q_bytes + kv_bytes + var.backward_row_floats * rows * 4
                 + var.backward_fp32_q_buffers * rows * max(head_dim, 64) * 4)
+    if elem == 2:
+        end_step += var.backward_half_q_buffers * q_bytes
+    if heads_kv != heads and var.gqa_backward_expands:
+        end_step += 2 * q_bytes  # dK and dV for every query head, before the sum over each group
     peak = before + max(softmax_step, end_step)
-    saved = inputs + (output if var.saves_output else 0) + saved_extra
+    # a variant that expands k and v keeps the expanded copies for backward, not the k and v it was given
+    saved_inputs = q_bytes + (0 if expanded_kv else kv_bytes)
+    saved = saved_inputs + (output if var.saves_output else 0) + saved_extra
     return MemoryPrediction(
         inputs_bytes=inputs,
         output_bytes=output,

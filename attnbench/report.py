@@ -250,7 +250,7 @@ def memory_model_check(run: Run) -> list[str]:
         c = rec.cell
         try:
             prediction = predict(c.variant, batch=c.batch, heads=c.heads, seq_len=c.seq_len, head_dim=c.head_dim,
-                                 dtype=c.torch_dtype, causal=c.causal)
+                                 dtype=c.torch_dtype, causal=c.causal, heads_kv=c.heads_kv, mask=c.mask_spec())
         except ValueError:  # a variant this checkout no longer registers
             continue
         for figure, predicted in (("mem_before_backward_bytes", prediction.before_backward_bytes),
