@@ -26,7 +26,7 @@ from .grid import (
     parse_preset,
     parse_variants,
 )
-from .shard import parse_shard
+from .shard import parse_shard, parse_shard_unit
 from .timing import TIMING_MODES
 
 DEFAULT_TIMING = "device"
@@ -80,6 +80,9 @@ VALUE_OPTIONS = [
     ("shard", parse_shard, "I/N",
      "measure only shard I of N of the grid (I from 1 to N): every cell lands in exactly one shard, shards "
      "balanced by predicted cost; `attnbench merge` joins the N runs into one (default: the whole grid)"),
+    ("shard-by", parse_shard_unit, "cell|shape",
+     "what --attn-shard splits: single cells (the best balance), or shapes, every variant of one shape in one "
+     "shard, so that each comparison between variants is measured in one process on one device (default: cell)"),
     ("memory-compare-fail", parse_percent, "PCT",
      "fail when a cell's saved bytes, memory before backward or peak grows by more than PCT%% against "
      "--benchmark-compare's run, or a cell measured there is not measured now (default: off)"),

@@ -165,23 +165,29 @@ def pytest_configure(config: pytest.Config) -> None:
     """Resolve the grid from options, ini and preset; fail early with a usage error."""
     session = config.stash[_SESSION] = _build_session(config)
     session.max_time_s, session.min_rounds = _round_options(config)
-    spec = options.resolve(config)["shard"]
+    resolved = options.resolve(config)
+    spec = resolved["shard"]
     if spec is not None:
-        _take_shard(session, spec)
+        _take_shard(session, spec, resolved["shard-by"] or "cell")
+    elif resolved["shard-by"] is not None:
+        raise pytest.UsageError("--attn-shard-by says what --attn-shard splits: give --attn-shard I/N too")
     if session.memory_compare_fail is not None and not config.getoption("benchmark_compare", None):
         raise pytest.UsageError("--attn-memory-compare-fail requires --benchmark-compare (the run to compare with)")
 
 
-def _take_shard(s: AttnSession, spec) -> None:
+def _take_shard(s: AttnSession, spec, by: str) -> None:
     """Keep only this shard's cells of the grid (attnbench.shard); the whole grid's keys go into the record."""
     from .machine import device_memory_bytes
-    from .shard import partition, partition_memory_bytes
+    from .shard import partition, partition_memory_bytes, shard_units
 
-    if spec.count > len(s.cells):
-        raise pytest.UsageError(f"--attn-shard {spec}: the grid has {len(s.cells)} cells, so at most "
-                                f"{len(s.cells)} shards can each get one")
+    units = len(shard_units(s.cells, by))
+    if spec.count > units:
+        what = "cells" if by == "cell" else "shapes"
+        raise pytest.UsageError(f"--attn-shard {spec}: the grid has {units} {what}, so at most {units} shards can "
+                                "each get one")
     memory = partition_memory_bytes(device_memory_bytes(s.device))
-    split = partition(s.cells, spec.count, memory_bytes=memory, max_time_s=s.max_time_s, min_rounds=s.min_rounds)
+    split = partition(s.cells, spec.count, memory_bytes=memory, max_time_s=s.max_time_s, min_rounds=s.min_rounds,
+                      by=by)
     s.shard = ShardInfo(spec.index, spec.count, tuple(c.key for c in s.cells), memory)
     s.shard_cost_s = (split.costs_s[spec.index - 1], split.total_s)
     s.cells = split.cells_of(spec)

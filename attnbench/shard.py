@@ -140,9 +140,36 @@ class Partition:
         return list(self.shards[shard.index - 1])
 
 
+#: what a shard is made of: single cells (the best balance), or every variant of one shape together (the
+#: report's comparison group: each comparison between variants then comes from one process on one device).
+SHARD_UNITS = ("cell", "shape")
+
+
+def parse_shard_unit(text: str) -> str:
+    """'cell' or 'shape' (``--attn-shard-by``)."""
+    value = str(text).strip().lower()
+    if value not in SHARD_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {' or '.join(SHARD_UNITS)}")
+    return value
+
+
+def shard_units(cells: list[Cell], by: str = "cell") -> list[tuple[Cell, ...]]:
+    """The grid's cells in the units shards are made of, in grid order: one cell each, or (``by="shape"``) every
+    cell of one comparison group (``Cell.group``: one shape, dtype and mask, every variant)."""
+    if by not in SHARD_UNITS:
+        raise ValueError(f"by must be one of {', '.join(SHARD_UNITS)}, got {by!r}")
+    if by == "cell":
+        return [(c,) for c in cells]
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.group, []).append(cell)
+    return [tuple(members) for members in groups.values()]
+
+
 def partition(cells: list[Cell], count: int, *, memory_bytes: int, max_time_s: float,
-              min_rounds: int) -> Partition:
-    """Split ``cells`` into ``count`` shards (the module docstring's rule); deterministic for equal inputs."""
+              min_rounds: int, by: str = "cell") -> Partition:
+    """Split ``cells`` into ``count`` shards (the module docstring's rule, over the units of ``by``: single cells,
+    or whole shapes); deterministic for equal inputs."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     order = {c.key: i for i, c in enumerate(cells)}
@@ -150,22 +177,29 @@ def partition(cells: list[Cell], count: int, *, memory_bytes: int, max_time_s: f
         raise ValueError("the grid holds a cell twice")
     costs = {c.key: cell_cost_s(c, memory_bytes=memory_bytes, max_time_s=max_time_s, min_rounds=min_rounds)
              for c in cells}
+    units = shard_units(cells, by)
     loads = [0.0] * count
     members: list[list[Cell]] = [[] for _ in range(count)]
 
     def least_loaded() -> int:
         return min(range(count), key=lambda i: (loads[i], i))
 
-    fitting = sorted((c for c in cells if fits(c, memory_bytes)), key=lambda c: (-costs[c.key], c.key))
-    for cell in fitting:
+    def cost(unit) -> float:
+        return sum(costs[c.key] for c in unit)
+
+    def unit_fits(unit) -> bool:
+        return any(fits(c, memory_bytes) for c in unit)
+
+    fitting = sorted((u for u in units if unit_fits(u)), key=lambda u: (-cost(u), u[0].key))
+    for unit in fitting:
         i = least_loaded()
-        members[i].append(cell)
-        loads[i] += costs[cell.key]
-    not_fitting = sorted((c for c in cells if not fits(c, memory_bytes)), key=lambda c: c.key)
+        members[i].extend(unit)
+        loads[i] += cost(unit)
+    not_fitting = sorted((u for u in units if not unit_fits(u)), key=lambda u: u[0].key)
     start = sorted(range(count), key=lambda i: (loads[i], i))
-    for n, cell in enumerate(not_fitting):
+    for n, unit in enumerate(not_fitting):
         i = start[n % count]
-        members[i].append(cell)
-        loads[i] += costs[cell.key]
+        members[i].extend(unit)
+        loads[i] += cost(unit)
     shards = tuple(tuple(sorted(m, key=lambda c: order[c.key])) for m in members)
     return Partition(shards, tuple(loads))

@@ -24,7 +24,7 @@ from suite_runs import REPO_ROOT, SUITE_ENV, TINY_GRID, run_suite, tiny_suite_ru
 from attention_impls import VARIANTS
 from attnbench import cli, record
 from attnbench.grid import DTYPES, PRESETS, cell_key, expand, parse_cell_key
-from attnbench.shard import ShardSpec, cell_cost_s, fits, parse_shard, partition
+from attnbench.shard import ShardSpec, cell_cost_s, fits, parse_shard, parse_shard_unit, partition, shard_units
 from attnbench.variants import cannot_run_reason
 
 #: the round options of the project's addopts (pyproject.toml), which a real run uses.
@@ -81,6 +81,37 @@ def test_seed_grid_shards_are_within_10_percent_of_an_even_share(count, memory):
     assert result.imbalance <= 1.10, (
         f"seed grid in {count} shards: predicted {[round(c) for c in result.costs_s]} s, largest "
         f"{result.imbalance:.3f}x an even share of {even:.0f} s (at most 1.10x)")
+
+
+@pytest.mark.parametrize("preset", ["seed", "fa2-paper", "flex"])
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_sharding_by_shape_keeps_every_variant_of_a_shape_together(preset, count):
+    """--attn-shard-by shape: each comparison group (one shape, every variant) lies in one shard, the shards are
+    still the whole grid, and the split stays near an even share (within 1.15; the seed grid in 4: 1.09)."""
+    cells = grid(preset, "cuda")
+    result = partition(cells, count, memory_bytes=H200_BYTES, max_time_s=MAX_TIME_S, min_rounds=MIN_ROUNDS,
+                       by="shape")
+    shard_of = {c.key: i for i, shard in enumerate(result.shards) for c in shard}
+    assert sorted(shard_of) == sorted(c.key for c in cells), "cells lost or invented"
+    for group in {c.group for c in cells}:
+        where = {shard_of[c.key] for c in cells if c.group == group}
+        assert len(where) == 1, f"{preset} in {count}: the variants of {group!r} went to shards {sorted(where)}"
+    assert all(result.shards), "an empty shard"
+    assert result.imbalance <= 1.15, f"largest shard {result.imbalance:.3f}x an even share"
+    by_cell = split(cells, count)
+    assert by_cell.imbalance <= result.imbalance + 1e-9, "whole shapes cannot balance better than single cells"
+
+
+def test_shard_units_and_their_parser():
+    cells = grid("fa2-paper", "cuda")
+    assert shard_units(cells, "cell") == [(c,) for c in cells]
+    shapes = shard_units(cells, "shape")
+    assert sum(len(u) for u in shapes) == len(cells) and len(shapes) == len({c.group for c in cells})
+    assert [parse_shard_unit(t) for t in ("cell", " Shape ")] == ["cell", "shape"]
+    with pytest.raises(argparse.ArgumentTypeError, match="expected cell or shape"):
+        parse_shard_unit("variant")
+    with pytest.raises(ValueError, match="by must be one of cell, shape"):
+        shard_units(cells, "variant")
 
 
 def test_the_split_is_deterministic_whatever_the_order_of_the_grid():
@@ -175,11 +206,26 @@ def test_the_shards_collect_the_whole_grid_between_them(pytester):
     result.stdout.fnmatch_lines(["attnbench: shard 2/3: 2 of 6 cells, predicted * s of the grid's * s"])
 
 
-@pytest.mark.parametrize(("value", "message"), [("4/3", "1 <= I <= N"), ("one", "is not I/N"),
-                                                ("7/7", "the grid has 6 cells, so at most 6 shards")])
-def test_a_bad_shard_is_a_usage_error(pytester, value, message):
+def test_shards_by_shape_collect_whole_shapes(pytester):
     pytester.makepyfile(test_bench=BENCH_FILE)
-    result = pytester.runpytest("-p", "attnbench.plugin", *GRID, f"--attn-shard={value}")
+    _, whole = _collected(pytester)
+    shards = [_collected(pytester, f"--attn-shard={i}/2", "--attn-shard-by=shape")[1] for i in (1, 2)]
+    assert sorted(k for s in shards for k in s) == whole, f"{shards} should partition {whole}"
+    for shard in shards:  # two shapes (seq_len 32 and 64) of three variants: one whole shape per shard
+        assert len({parse_cell_key(k)["seq_len"] for k in shard}) == 1 and len(shard) == 3, shards
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--attn-shard=4/3"], "1 <= I <= N"),
+    (["--attn-shard=one"], "is not I/N"),
+    (["--attn-shard=7/7"], "the grid has 6 cells, so at most 6 shards"),
+    (["--attn-shard=3/3", "--attn-shard-by=shape"], "the grid has 2 shapes, so at most 2 shards"),
+    (["--attn-shard-by=shape"], "give --attn-shard I/N too"),
+    (["--attn-shard=1/2", "--attn-shard-by=variant"], "expected cell or shape"),
+])
+def test_a_bad_shard_is_a_usage_error(pytester, args, message):
+    pytester.makepyfile(test_bench=BENCH_FILE)
+    result = pytester.runpytest("-p", "attnbench.plugin", *GRID, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str(), result.stderr.str()
 
