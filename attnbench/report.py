@@ -11,7 +11,7 @@ import math
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import render
@@ -34,6 +34,7 @@ WRONG_MARK = " ✗"
 #: the accuracy section lists this many worst cells per variant and dtype.
 WORST_CELLS = 3
 EXIT_OK, EXIT_CANNOT_READ, EXIT_OUTPUT_ERROR = 0, 2, 3
+EXIT_USAGE = 2  # as argparse's own usage errors
 
 
 def _status_text(cell: CellRecord | None, value: str) -> str:
@@ -392,8 +393,47 @@ def side_by_side(run: Run) -> list[str]:
     return lines
 
 
-def render_report(run: Run) -> str:
-    """The whole markdown report."""
+def parse_ratio(text: str) -> tuple[str, str]:
+    """'triton_flash/flex' -> ('triton_flash', 'flex') (``--ratio``)."""
+    first, sep, second = str(text).strip().partition("/")
+    if not sep or not first.strip() or not second.strip() or "/" in second:
+        raise argparse.ArgumentTypeError(f"{text!r} is not A/B (two variant names, e.g. triton_flash/flex)")
+    return first.strip(), second.strip()
+
+
+def ratio_section(run: Run, first: str, second: str) -> list[str]:
+    """``first``'s speed over ``second``'s in every cell both timed (the second's median time over the first's,
+    forward / backward: above 1, the first is faster): per dtype and mode a table, rows head_dim and seq_len."""
+    timed = {(rec.cell.variant, rec.cell.dtype, _mode(rec.cell), rec.cell.head_dim, rec.cell.seq_len): rec
+             for rec in run.cells.values() if rec.status in TIMED_STATUSES}
+    groups: dict[tuple, dict[tuple[int, int], tuple[CellRecord, CellRecord]]] = defaultdict(dict)
+    for (variant, dtype, mode, head_dim, seq_len), rec in timed.items():
+        other = timed.get((second, dtype, mode, head_dim, seq_len))
+        if variant == first and other is not None:
+            groups[(dtype, mode)][(head_dim, seq_len)] = (rec, other)
+
+    def speedup(pair: tuple[CellRecord, CellRecord], pass_name: str) -> str:
+        mine, theirs = (rec.median_s(pass_name) for rec in pair)
+        return render.MISSING if not mine or not theirs else f"{theirs / mine:.2f}"
+
+    lines = [f"### {first} / {second}", "",
+             f"{second}'s median time over {first}'s, forward / backward, in every cell both timed: above 1, "
+             f"{first} is faster.", ""]
+    for (dtype, mode), pairs in groups.items():
+        seq_lens = sorted({s for _, s in pairs})
+        rows = [[str(head_dim)] + [f"{speedup(pairs[(head_dim, s)], 'forward')} / "
+                                   f"{speedup(pairs[(head_dim, s)], 'backward')}" if (head_dim, s) in pairs
+                                   else render.MISSING for s in seq_lens]
+                for head_dim in sorted({d for d, _ in pairs})]
+        lines += [f"**{dtype} · {_mode_text(mode)}**", "",
+                  render.table(["head_dim \\ seq_len", *map(str, seq_lens)], rows), ""]
+    if not groups:
+        lines += [f"No cell was timed for both {first} and {second}.", ""]
+    return lines
+
+
+def render_report(run: Run, ratios: Sequence[tuple[str, str]] = ()) -> str:
+    """The whole markdown report (with a section per pair of variants in ``ratios``)."""
     not_measured = [c for c in run.cells.values() if c.status not in ("ok", "wrong", "pending")]
     lines = [f"# attnbench results: {run.device_label}", ""] + machine(run)
     lines += ["## Comparison", ""] + comparison(run) + scaling(run) + memory_model_check(run) + timing_check(run)
@@ -409,6 +449,10 @@ def render_report(run: Run) -> str:
     if compared:
         lines += ["## Side by side", "", "The FLOPs of a masked cell count only the (query, key) pairs its mask "
                   "lets through: TFLOP/s is work actually done.", ""] + compared
+    if ratios:
+        lines += ["## Ratios", ""]
+        for first, second in ratios:
+            lines += ratio_section(run, first, second)
     lines += ["## Tables (the seed's layout)", ""] + seed_tables(run)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -454,13 +498,16 @@ def write_plots(run: Run, directory: Path) -> list[Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Markdown tables (and plots) from a saved run. Exit 0: written; 2: the run cannot be read "
-                          "or trusted; 3: the output could not be written.")
+                          "or trusted, or bad arguments; 3: the output could not be written.")
     parser.add_argument("run_json", nargs="?", metavar="RUN.json",
                         help=f"a saved run (default: the newest numbered run under --storage, {DEFAULT_STORAGE}/)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="DIR",
                         help=f"where autosaved runs live (default: {DEFAULT_STORAGE})")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="also write log-log PNG plots into DIR")
     parser.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the markdown here, not stdout")
+    parser.add_argument("--ratio", type=parse_ratio, action="append", default=[], metavar="A/B",
+                        help="also a table of variant A's speed over variant B's (B's median time over A's) in every "
+                             "cell both timed; repeatable")
     parser.set_defaults(run=run)
 
 
@@ -487,6 +534,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"attnbench report: {run_obj.path} holds no cells of this suite (no benchmark was run); nothing to "
               "report", file=sys.stderr)
         return EXIT_CANNOT_READ
+    variants = sorted({rec.cell.variant for rec in run_obj.cells.values()})
+    unknown = sorted({name for pair in args.ratio for name in pair if name not in variants})
+    if unknown:
+        print(f"attnbench report: --ratio names {', '.join(unknown)}, not in {run_obj.path}; its variants: "
+              f"{', '.join(variants)}", file=sys.stderr)
+        return EXIT_USAGE
     if not run_obj.complete:
         print(f"attnbench report: WARNING: {run_obj.path} is an incomplete run ({run_obj.stop_reason})",
               file=sys.stderr)
@@ -503,7 +556,7 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         print(f"attnbench report: {'; '.join(problems)}", file=sys.stderr)
         return EXIT_OUTPUT_ERROR
-    text = render_report(run_obj)
+    text = render_report(run_obj, args.ratio)
     try:
         if args.plots:
             paths = write_plots(run_obj, args.plots)

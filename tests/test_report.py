@@ -415,3 +415,41 @@ def test_the_memory_model_check_predicts_each_cell_with_its_own_heads_kv_and_mas
               for line in rows}
     assert len(errors) == 12, rows
     assert max(errors.values()) <= 5.0, errors
+
+
+TARGETS_RUN = REPO_ROOT / "docs" / "results" / "NVIDIA-H200" / "2026-11-29-flex-targets.json.gz"
+
+
+def test_a_ratio_is_the_second_variants_median_time_over_the_firsts():
+    from attnbench.record import load
+    from attnbench.report import ratio_section
+
+    run = load(TARGETS_RUN)
+    cells = {(r.cell.variant, r.cell.causal, r.cell.mask, r.cell.heads_kv, r.cell.seq_len): r for r in run.cells.values()}
+    mine, theirs = (cells[(v, True, "sliding_window:1024", 16, 8192)] for v in ("triton_flash", "flex"))
+    expected = (f"{theirs.median_s('forward') / mine.median_s('forward'):.2f} / "
+                f"{theirs.median_s('backward') / mine.median_s('backward'):.2f}")
+    text = "\n".join(ratio_section(run, "triton_flash", "flex"))
+    table = text.split("**bf16 · causal sliding_window:1024**", 1)[1].split("**", 1)[0]
+    row = next(line for line in table.splitlines() if line.startswith("| 128"))
+    assert [c.strip() for c in row.split("|")[1:-1]][2] == expected, (row, expected)  # columns 4096, 8192, 16384
+    # sdpa_flash has no window mask: the pair exists only where both ran
+    flex_fa2 = "\n".join(ratio_section(run, "flex", "sdpa_flash"))
+    assert "sliding_window" not in flex_fa2 and "**bf16 · causal**" in flex_fa2
+    assert "No cell was timed for both" in "\n".join(ratio_section(run, "flex", "naive"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ratio", "triton_flash/cudnn"], "--ratio names cudnn, not in"),
+    (["--ratio", "triton_flash"], "is not A/B"),
+    (["--ratio", "a/b/c"], "is not A/B"),
+])
+def test_a_bad_ratio_is_exit_2_naming_what_is_expected(capsys, args, message):
+    from attnbench import cli
+
+    try:
+        code = cli.main(["report", str(TARGETS_RUN), *args])
+    except SystemExit as exc:  # argparse's own usage error
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err
