@@ -650,24 +650,28 @@ def _tuning_on():
             os.environ[TUNE_ENV] = before
 
 
-#: tiles that did not fit when launched untuned: (kernel, elem_bytes, head_dim_pad, tile). The shared-memory
-#: estimate is rough (a tf32x3 dot keeps more than it counts: the H200 refused the fp32 forward's 128×64 tile at
-#: head_dim 128, 256 KiB for 196 KiB estimated); the autotuner passes over such tiles by itself, an untuned
-#: launch learns them here and takes the next candidate (:func:`_launch`).
-_UNFIT: set[tuple[str, int, int, tuple[int, int, int, int]]] = set()
-#: the tile each kernel's last untuned prune chose, with its key: what an OutOfResources refers to.
-_LAST_UNTUNED: dict[str, tuple[str, int, int, tuple[int, int, int, int]]] = {}
+#: tiles the GPU refused at launch, by the kernel's compile-time key: (kernel, elem_bytes, the kernel's constexprs,
+#: tile). The shared-memory estimate is rough (a tf32x3 dot keeps more than it counts: the H200 refused the fp32
+#: forward's 128×64 tile at head_dim 128, 256 KiB for 196 KiB estimated). When several candidates are timed, the
+#: autotuner passes over such a tile by itself; when one is launched untimed (tuning off, or a single candidate),
+#: :func:`_launch` learns it here and launches the next candidate.
+_UNFIT: set[tuple] = set()
+#: the tile each kernel's last prune chose without timing, with its key: what an OutOfResources refers to.
+_LAST_UNTIMED: dict[str, tuple] = {}
 
 
 def _tiles_to_try(kernel: str, elem_bytes: int, head_dim_pad: int, seq_bucket: int,
-                  shared_memory_bytes: int) -> list[tuple[int, int, int, int]]:
-    """The candidates for one key, or when tuning is off the first of them not known to be unfit."""
+                  shared_memory_bytes: int, constexprs: tuple = ()) -> list[tuple[int, int, int, int]]:
+    """The candidates for one key (``constexprs``: the kernel's compile-time values besides the tile, which
+    decide what a tile needs), or when there is nothing to time (tuning off, or a single candidate) the first of
+    them the GPU has not refused."""
     fits = _candidate_tiles(kernel, elem_bytes, head_dim_pad, seq_bucket, shared_memory_bytes)
-    if tuning():
+    if tuning() and len(fits) > 1:
         return fits
-    untried = [t for t in fits if (kernel, elem_bytes, head_dim_pad, t) not in _UNFIT]
+    key = (kernel, elem_bytes, head_dim_pad, *constexprs)
+    untried = [t for t in fits if (*key, t) not in _UNFIT]
     choice = (untried or fits)[0]
-    _LAST_UNTUNED[kernel] = (kernel, elem_bytes, head_dim_pad, choice)
+    _LAST_UNTIMED[kernel] = (*key, choice)
     return [choice]
 
 
@@ -676,23 +680,26 @@ def _prune(kernel: str):
         q = named_args["Q"]
         head_dim_pad = kwargs.get("HEAD_DIM_PAD", named_args.get("HEAD_DIM_PAD"))
         limit = _shared_memory_bytes(q.device.index if q.device.index is not None else torch.cuda.current_device())
-        fits = _tiles_to_try(kernel, q.element_size(), head_dim_pad, named_args["seq_bucket"], limit)
+        constexprs = tuple(kwargs.get(name, named_args.get(name))
+                           for name in ("HEAD_DIM", "CAUSAL", "MASK_KIND", "INPUT_PRECISION"))
+        fits = _tiles_to_try(kernel, q.element_size(), head_dim_pad, named_args["seq_bucket"], limit, constexprs)
         return [c for c in configs if _tile_of(kernel, c) in fits]
 
     return prune
 
 
 def _launch(kernel: str, tuned, grid, *args, **kwargs) -> None:
-    """``tuned[grid](*args, **kwargs)``; untuned, a tile the GPU refuses for its resources is remembered as unfit
-    and the next candidate is launched instead (tuned, the autotuner already passes over such tiles)."""
+    """``tuned[grid](*args, **kwargs)``. A tile launched without timing that the GPU refuses for its resources is
+    remembered as unfit and the next candidate is launched instead; among timed candidates the autotuner
+    already passes over such tiles."""
     while True:
-        _LAST_UNTUNED.pop(kernel, None)
+        _LAST_UNTIMED.pop(kernel, None)
         try:
             tuned[grid](*args, **kwargs)
             return
         except OutOfResources:
-            unfit = _LAST_UNTUNED.get(kernel)
-            if unfit is None or unfit in _UNFIT:  # tuned, or no candidate left: nothing else to try
+            unfit = _LAST_UNTIMED.get(kernel)
+            if unfit is None or unfit in _UNFIT:  # a cached or timed choice, or no candidate left
                 raise
             _UNFIT.add(unfit)
             tuned.cache.clear()  # the key's choice is made again, without the unfit tile

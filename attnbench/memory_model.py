@@ -14,7 +14,7 @@ For a variant, before backward (inputs and output live, graph built) the allocat
 and at the backward peak additionally
 
     grad_out + dq, dk, dv     (2·H + 2·Hkv) · B·S·D · e
-                              (+ 2 · B·H·S·D · e where, under GQA, the backward computes dK and dV for every
+                              (+ 2 · B·H·Sk·D · e where, under GQA, the backward computes dK and dV for every
                               query head before summing each group: ``gqa_backward_expands``)
     transient                 backward_nxn · B·H·S·S · e  +  backward_row_floats · B·H·S · 4
                               + backward_fp32_q_buffers · B·H·S · max(D, 64) · 4
@@ -113,7 +113,7 @@ def predict(
     if elem == 2:
         end_step += var.backward_half_q_buffers * q_bytes
     if heads_kv != heads and var.gqa_backward_expands:
-        end_step += 2 * q_bytes  # dK and dV for every query head, before the sum over each group
+        end_step += 2 * batch * heads * seq_k * head_dim * elem  # dK and dV per query head, before each group's sum
     peak = before + max(softmax_step, end_step)
     # a variant that expands k and v keeps the expanded copies for backward, not the k and v it was given
     saved_inputs = q_bytes + (0 if expanded_kv else kv_bytes)

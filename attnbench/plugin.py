@@ -169,7 +169,7 @@ def pytest_configure(config: pytest.Config) -> None:
     spec = resolved["shard"]
     if spec is not None:
         _take_shard(session, spec, resolved["shard-by"] or "cell")
-    elif resolved["shard-by"] is not None:
+    elif config.getoption(options.dest("shard-by")) is not None:  # an ini default alone is fine without shards
         raise pytest.UsageError("--attn-shard-by says what --attn-shard splits: give --attn-shard I/N too")
     if session.memory_compare_fail is not None and not config.getoption("benchmark_compare", None):
         raise pytest.UsageError("--attn-memory-compare-fail requires --benchmark-compare (the run to compare with)")

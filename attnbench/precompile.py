@@ -80,20 +80,30 @@ def compile_cell(cell: Cell) -> tuple[str, float, str | None]:
 
     from .runner import CellRunner, release_memory
 
-    start = time.perf_counter()
-    try:
+    def first_call() -> None:  # its tensors are gone when it returns, before the memory is released
         runner = CellRunner(cell, max_time_s=0.0, min_rounds=1)
         runner.prepare()
         q, k, v, grad_out = runner.inputs()
         runner.attention(q, k, v).backward(grad_out)
         if cell.device == "cuda":
             torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    error = None
+    try:
+        first_call()
     except Exception as exc:  # noqa: BLE001 - a cell that cannot compile here is compiled (or fails) in the run
-        error = f"{cell.key}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return cell.key, time.perf_counter() - start, error
-    finally:
-        release_memory()
-    return cell.key, time.perf_counter() - start, None
+        error = _failure(cell, exc)
+    try:
+        release_memory()  # synchronizes: a device error the cell left behind surfaces here
+    except Exception as exc:  # noqa: BLE001
+        error = error or _failure(cell, exc)
+    return cell.key, time.perf_counter() - start, error
+
+
+def _failure(cell: Cell, exc: Exception) -> str:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{cell.key}: {type(exc).__name__}: {first_line}"
 
 
 def compile_graphs(cells: list[Cell], *, workers: int | None = None) -> GraphResult:
@@ -109,7 +119,13 @@ def compile_graphs(cells: list[Cell], *, workers: int | None = None) -> GraphRes
         return GraphResult(compiled=0)
     start = time.perf_counter()
     workers = min(len(cells), workers or min(DEFAULT_GRAPH_WORKERS, os.cpu_count() or 1))
-    results = map_in_processes(compile_cell, cells, workers)
+    try:
+        results = map_in_processes(compile_cell, cells, workers)
+    except Exception as exc:  # noqa: BLE001 - a compiling process died (out of host memory, a crash): the run
+        # compiles what is left itself, as without precompiling
+        why = (f"the compiling processes stopped ({type(exc).__name__}: {exc}); "
+               f"none of the {len(cells)} cells is known to be compiled")
+        return GraphResult(compiled=0, failed=(why,), seconds=time.perf_counter() - start)
     failed = tuple(error for _key, _s, error in results if error is not None)
     key, seconds, _ = max(results, key=lambda r: r[1])
     return GraphResult(compiled=len(cells) - len(failed), failed=failed, seconds=time.perf_counter() - start,

@@ -404,11 +404,13 @@ def parse_ratio(text: str) -> tuple[str, str]:
 def ratio_section(run: Run, first: str, second: str) -> list[str]:
     """``first``'s speed over ``second``'s in every cell both timed (the second's median time over the first's,
     forward / backward: above 1, the first is faster): per dtype and mode a table, rows head_dim and seq_len."""
-    timed = {(rec.cell.variant, rec.cell.dtype, _mode(rec.cell), rec.cell.head_dim, rec.cell.seq_len): rec
-             for rec in run.cells.values() if rec.status in TIMED_STATUSES}
+    # a pair is two cells of one shape; a grid has one batch per seq_len and one heads per head_dim, so the table
+    # needs only head_dim and seq_len to place it
+    timed = {(rec.cell.variant, rec.cell.dtype, _mode(rec.cell), rec.cell.head_dim, rec.cell.seq_len, rec.cell.batch,
+              rec.cell.heads): rec for rec in run.cells.values() if rec.status in TIMED_STATUSES}
     groups: dict[tuple, dict[tuple[int, int], tuple[CellRecord, CellRecord]]] = defaultdict(dict)
-    for (variant, dtype, mode, head_dim, seq_len), rec in timed.items():
-        other = timed.get((second, dtype, mode, head_dim, seq_len))
+    for (variant, dtype, mode, head_dim, seq_len, batch, heads), rec in timed.items():
+        other = timed.get((second, dtype, mode, head_dim, seq_len, batch, heads))
         if variant == first and other is not None:
             groups[(dtype, mode)][(head_dim, seq_len)] = (rec, other)
 

@@ -120,6 +120,15 @@ class CellRunner:
                              for shape in (q_shape, kv_shape, kv_shape, q_shape))
         return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), grad_out
 
+    def _shape_reason(self) -> str | None:
+        """Why the variant refuses tensors of the cell's shapes, dtype and device (None when it accepts them),
+        asked of uninitialised tensors: the cell's generator is left for its inputs."""
+        c = self.cell
+        q_shape, kv_shape = (c.batch, c.heads, c.seq_len, c.head_dim), (c.batch, c.heads_kv, c.seq_len, c.head_dim)
+        q, k, v = (torch.empty(shape, device=c.device, dtype=c.torch_dtype).requires_grad_()
+                   for shape in (q_shape, kv_shape, kv_shape))
+        return self.variant.shape_reason(q, k, v, causal=c.causal, mask=self.mask)
+
     def prepare(self) -> None:
         """The variant's per-cell setup (flex: its block mask), run once and timed apart from the calls."""
         if self.variant.prepare is None:
@@ -167,9 +176,7 @@ class CellRunner:
         on_cuda = self.cell.device == "cuda"
         release_memory()
         self._check_fits(prediction.peak_bytes)
-        q, k, v, _ = self.inputs()
-        reason = self.variant.shape_reason(q, k, v, causal=self.cell.causal, mask=self.mask)
-        del q, k, v, _
+        reason = self._shape_reason()
         if reason is not None:
             raise CellUnavailable(f"{self.cell.variant} unavailable: {reason}")
         self.prepare()

@@ -6,6 +6,8 @@ to the byte, for every variant that runs here, in fp32 and fp64, causal or not, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from suite_runs import REPO_ROOT
@@ -212,3 +214,13 @@ def test_bad_arguments(kwargs, error, names):
     variant = args.pop("variant")
     with pytest.raises(error, match=names):
         predict(variant, **args)
+
+
+def test_gqa_backward_buffers_are_sized_by_the_keys():
+    """FA2 and cuDNN under GQA hold dK and dV for every query head at the peak: k-sized, so seq_k, not seq_q."""
+    flash = VARIANTS["sdpa_flash"]
+    without = dataclasses.replace(flash, gqa_backward_expands=False)
+    for seq_k in (256, 1024):
+        shape = dict(batch=2, heads=8, heads_kv=2, seq_len=256, seq_k=seq_k, head_dim=64, dtype=torch.bfloat16)
+        extra = predict(flash, **shape).peak_backward_bytes - predict(without, **shape).peak_backward_bytes
+        assert extra == 2 * 2 * 8 * seq_k * 64 * 2, f"seq_k {seq_k}: {extra} bytes for dK and dV of 8 query heads"

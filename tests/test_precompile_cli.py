@@ -107,3 +107,28 @@ def test_map_in_processes_keeps_the_items_order(workers):
     from attention_impls.parallel import map_in_processes
 
     assert map_in_processes(math.factorial, [5, 3, 0, 4], workers) == [120, 6, 1, 24]
+
+
+def test_a_device_error_left_behind_is_reported_for_its_cell(monkeypatch):
+    """An error the cell leaves on the device surfaces when its memory is released (a synchronize): reported
+    for the cell, not raised."""
+    def broken_release():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr("attnbench.runner.release_memory", broken_release)
+    key, _seconds, error = precompile.compile_cell(_cell("torch_softmax"))
+    assert key == _cell("torch_softmax").key
+    assert error == f"{key}: RuntimeError: CUDA error: an illegal memory access was encountered"
+
+
+def test_compiling_processes_that_stop_are_reported_not_raised(monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    def pool_dies(fn, items, workers):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(precompile, "map_in_processes", pool_dies)
+    result = precompile.compile_graphs([_cell("compiled"), _cell("compiled", 64)], workers=2)
+    assert result.compiled == 0 and len(result.failed) == 1
+    assert "the compiling processes stopped (BrokenProcessPool" in result.failed[0]
+    assert "none of the 2 cells is known to be compiled" in result.failed[0]

@@ -271,6 +271,10 @@ def test_a_cell_the_variant_refuses_at_run_time_is_skipped_with_its_reason(monke
         runner.ensure_probed()
     assert (runner.record.status, runner.record.memory.get("saved_nxn")) == ("skipped", None), "it ran the cell"
     assert calls == [(1, 2, 32, 16)]
+    fresh = CellRunner(gqa, max_time_s=0.01, min_rounds=1)
+    state = fresh.generator.get_state()
+    fresh._shape_reason()
+    assert torch.equal(fresh.generator.get_state(), state), "the check drew from the cell's generator: its inputs moved"
     mha = CellRunner(dataclasses.replace(gqa, heads_kv=4), max_time_s=0.01, min_rounds=1)
     mha.ensure_probed()
     assert mha.record.status == "ok", mha.record.message

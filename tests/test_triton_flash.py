@@ -353,15 +353,23 @@ def test_gpu_tf32_follows_torch_setting(monkeypatch):
 
 
 class _RefusingKernel:
-    """Stands in for an autotuned kernel: each launch prunes as the autotuner would, and the GPU refuses
+    """Stands in for an autotuned kernel as Triton runs one: on a key's first launch it prunes (our prune
+    hook's choice), times the candidates when there are several (a refused one times as infinite, so the
+    autotuner passes over it) and caches the choice; every launch runs the cached tile, and the GPU refuses
     the tiles in ``refused`` for their shared memory."""
 
-    def __init__(self, refused):
-        self.refused, self.launched, self.cache = set(refused), [], {}
+    KEY = ("fwd", 4, 128, 16384, 227 * 1024, (128, False, 0, "tf32x3"))
+
+    def __init__(self, refused, key=KEY):
+        self.refused, self.key, self.launched, self.cache = set(refused), key, [], {}
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            (tile,) = tf._tiles_to_try("fwd", 4, 128, 16384, 227 * 1024)
+            if "choice" not in self.cache:
+                pruned = tf._tiles_to_try(*self.key)
+                fitting = [t for t in pruned if t not in self.refused]
+                self.cache["choice"] = pruned[0] if len(pruned) == 1 else (fitting or pruned)[0]
+            tile = self.cache["choice"]
             self.launched.append(tile)
             if tile in self.refused:
                 raise tf.OutOfResources(262144, 232448, "shared memory")
@@ -371,36 +379,45 @@ class _RefusingKernel:
 def test_an_untuned_launch_takes_the_next_tile_when_the_gpu_refuses_one(monkeypatch):
     monkeypatch.setenv(tf.TUNE_ENV, "off")
     monkeypatch.setattr(tf, "_UNFIT", set())
-    fits = tf._candidate_tiles("fwd", 4, 128, 16384, 227 * 1024)
+    fits = tf._candidate_tiles(*_RefusingKernel.KEY[:5])
     kernel = _RefusingKernel(refused=fits[:2])
     tf._launch("fwd", kernel, None)
     assert kernel.launched == fits[:3], "the refused tiles are passed over in the candidates' order"
     kernel.launched.clear()
     tf._launch("fwd", kernel, None)
-    assert kernel.launched == [fits[2]], "the refused tiles are remembered: the next launch goes straight on"
+    assert kernel.launched == [fits[2]], "the key's choice is cached: the next launch goes straight to it"
+    other = _RefusingKernel(refused=fits[:2], key=(*_RefusingKernel.KEY[:5], (128, False, 0, "ieee")))
+    tf._launch("fwd", other, None)
+    assert other.launched == fits[:3], "a tile refused under one precision is tried again under another"
+    fresh = _RefusingKernel(refused=fits[:2])
+    tf._launch("fwd", fresh, None)
+    assert fresh.launched == [fits[2]], "the refused tiles are remembered for their key"
 
 
 def test_an_untuned_launch_with_no_tile_left_raises_what_the_gpu_said(monkeypatch):
     monkeypatch.setenv(tf.TUNE_ENV, "off")
     monkeypatch.setattr(tf, "_UNFIT", set())
-    kernel = _RefusingKernel(refused=tf._candidate_tiles("fwd", 4, 128, 16384, 227 * 1024))
+    kernel = _RefusingKernel(refused=tf._candidate_tiles(*_RefusingKernel.KEY[:5]))
     with pytest.raises(tf.OutOfResources, match="shared memory"):
         tf._launch("fwd", kernel, None)
 
 
-def test_a_tuned_launch_leaves_refusals_to_the_autotuner(monkeypatch):
+def test_a_tuned_launch_leaves_refusals_among_timed_candidates_to_the_autotuner(monkeypatch):
     monkeypatch.setenv(tf.TUNE_ENV, "on")
     monkeypatch.setattr(tf, "_UNFIT", set())
+    fits = tf._candidate_tiles(*_RefusingKernel.KEY[:5])
+    kernel = _RefusingKernel(refused=fits[:1])
+    tf._launch("fwd", kernel, None)
+    assert kernel.launched == [fits[1]] and tf._UNFIT == set(), "the autotuner timed past the refused tile"
 
-    class Refused:
-        def __init__(self):
-            self.cache = {}
 
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                raise tf.OutOfResources(262144, 232448, "shared memory")
-            return launch
-
+def test_a_single_candidate_the_gpu_refuses_raises_even_when_tuning(monkeypatch):
+    """Below the tuned lengths there is one candidate, launched untimed: nothing else to fall back on."""
+    monkeypatch.setenv(tf.TUNE_ENV, "on")
+    monkeypatch.setattr(tf, "_UNFIT", set())
+    short = (*_RefusingKernel.KEY[:3], tf.MIN_SEQ_BUCKET, *_RefusingKernel.KEY[4:])
+    (only,) = tf._candidate_tiles(*short[:5])
+    kernel = _RefusingKernel(refused=[only], key=short)
     with pytest.raises(tf.OutOfResources):
-        tf._launch("fwd", Refused(), None)
-    assert tf._UNFIT == set()
+        tf._launch("fwd", kernel, None)
+    assert kernel.launched == [only, only], "learnt unfit, chosen again as the only candidate, then raised"
