@@ -23,7 +23,8 @@ def census_cases():
                     dtype,
                     causal,
                     id=f"{name}-{device}-{'causal' if causal else 'full'}",
-                    marks=[pytest.mark.skip(reason=reason)] if reason else [],
+                    marks=([pytest.mark.skip(reason=reason)] if reason else [])
+                    + ([pytest.mark.gpu] if device == "cuda" else []),  # `pytest -m gpu` runs it
                 )
 
 

@@ -40,6 +40,8 @@ def runnable_cases():
             for name, variant in VARIANTS.items():
                 reason = variant.unavailable_reason(device, dtype) or COMPILED_PER_SHAPE.get(name)
                 marks = [pytest.mark.skip(reason=reason)] if reason else []
+                if device == "cuda":
+                    marks.append(pytest.mark.gpu)  # `pytest -m gpu` runs it
                 dtype_name = str(dtype).removeprefix("torch.")
                 yield pytest.param(name, device, dtype, id=f"{name}-{device}-{dtype_name}", marks=marks)
 
