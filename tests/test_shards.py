@@ -506,3 +506,13 @@ def test_run_bad_arguments_are_usage_errors(capsys, argv, named):
     with pytest.raises(SystemExit) as exc:
         cli.main(["run", *argv])
     assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_attnbench_run_passes_shard_by_to_every_shard():
+    from attnbench.launch import Shard, _own_option, pytest_command
+
+    assert _own_option("--attn-shard-by=shape") is None and _own_option("--attn-shard=1/2") == "--attn-shard"
+    for index in (1, 2):
+        command = pytest_command(Shard(index, 2, "cuda", gpu=str(index - 1), json_path=Path(f"s{index}.json")),
+                                 ["--attn-shard-by", "shape"])
+        assert command[-2:] == ["--attn-shard-by", "shape"] and f"--attn-shard={index}/2" in command, command
