@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from attention_impls.parallel import map_in_processes
@@ -106,10 +107,12 @@ def _failure(cell: Cell, exc: Exception) -> str:
     return f"{cell.key}: {type(exc).__name__}: {first_line}"
 
 
-def compile_graphs(cells: list[Cell], *, workers: int | None = None) -> GraphResult:
+def compile_graphs(cells: list[Cell], *, workers: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> GraphResult:
     """Compile the graphs of the cells whose variant compiles one per cell on the cell's device, ``workers``
     processes at a time (default: at most DEFAULT_GRAPH_WORKERS; 1 compiles in this process). Other cells are
-    passed over. TypeError for a ``workers`` that is not a positive int."""
+    passed over; ``progress`` is given a line as each cell finishes. TypeError for a ``workers`` that is not a
+    positive int."""
     from attention_impls import get_variant
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -119,8 +122,17 @@ def compile_graphs(cells: list[Cell], *, workers: int | None = None) -> GraphRes
         return GraphResult(compiled=0)
     start = time.perf_counter()
     workers = min(len(cells), workers or min(DEFAULT_GRAPH_WORKERS, os.cpu_count() or 1))
+    done = 0
+
+    def report(_index: int, result: tuple[str, float, str | None]) -> None:
+        nonlocal done
+        done += 1
+        key, seconds, error = result
+        if progress is not None:
+            progress(f"[{done}/{len(cells)}] {key}: {'not compiled' if error else 'compiled'} in {seconds:.0f} s")
+
     try:
-        results = map_in_processes(compile_cell, cells, workers)
+        results = map_in_processes(compile_cell, cells, workers, on_result=report)
     except Exception as exc:  # noqa: BLE001 - a compiling process died (out of host memory, a crash): the run
         # compiles what is left itself, as without precompiling
         why = (f"the compiling processes stopped ({type(exc).__name__}: {exc}); "
@@ -161,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"attnbench precompile: {exc}", file=sys.stderr)
         return 2
     cells = [c for c in cells if cell_reason(VARIANTS[c.variant], c) is None]
-    result = compile_graphs(cells, workers=args.workers)
+    result = compile_graphs(cells, workers=args.workers,
+                            progress=lambda line: print(f"attnbench precompile: {line}", flush=True))
     print(f"attnbench precompile: graphs of {result.compiled} {', '.join(graph_variants)} cells ({device}) compiled "
           f"in {result.seconds:.0f} s" + (f", the slowest {result.slowest[1]:.0f} s ({result.slowest[0]})"
                                           if result.slowest else ""))

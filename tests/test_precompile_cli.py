@@ -98,15 +98,19 @@ def test_the_command_compiles_the_graphs_of_the_cells_it_names(capsys):
                      "--seq-lens", "40", "--head-dims", "16", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     # cpu-small: fp32, not causal, one mask; the compiled variant's one cell, nothing for torch_softmax
+    assert "attnbench precompile: [1/1] compiled-s40-d16-b2-h2-fp32-full: compiled in" in out, out
     assert "graphs of 1 compiled cells (cpu) compiled in" in out, out
     assert "compiled-s40-d16-b2-h2-fp32-full" in out, out
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_map_in_processes_keeps_the_items_order(workers):
+def test_map_in_processes_keeps_the_items_order_and_reports_each_result(workers):
     from attention_impls.parallel import map_in_processes
 
-    assert map_in_processes(math.factorial, [5, 3, 0, 4], workers) == [120, 6, 1, 24]
+    seen = []
+    assert map_in_processes(math.factorial, [5, 3, 0, 4], workers,
+                            on_result=lambda i, r: seen.append((i, r))) == [120, 6, 1, 24]
+    assert sorted(seen) == [(0, 120), (1, 6), (2, 1), (3, 24)], "every result is reported once, with its index"
 
 
 def test_a_device_error_left_behind_is_reported_for_its_cell(monkeypatch):
@@ -124,7 +128,7 @@ def test_a_device_error_left_behind_is_reported_for_its_cell(monkeypatch):
 def test_compiling_processes_that_stop_are_reported_not_raised(monkeypatch):
     from concurrent.futures.process import BrokenProcessPool
 
-    def pool_dies(fn, items, workers):
+    def pool_dies(fn, items, workers, on_result=None):
         raise BrokenProcessPool("A process in the process pool was terminated abruptly")
 
     monkeypatch.setattr(precompile, "map_in_processes", pool_dies)
