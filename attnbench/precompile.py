@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass
 
 from attention_impls.parallel import map_in_processes
@@ -133,8 +134,8 @@ def compile_graphs(cells: list[Cell], *, workers: int | None = None,
 
     try:
         results = map_in_processes(compile_cell, cells, workers, on_result=report)
-    except Exception as exc:  # noqa: BLE001 - a compiling process died (out of host memory, a crash): the run
-        # compiles what is left itself, as without precompiling
+    except (BrokenExecutor, OSError) as exc:  # a compiling process died (out of host memory, a crash) or could not
+        # start: the run compiles what is left itself, as without precompiling
         why = (f"the compiling processes stopped ({type(exc).__name__}: {exc}); "
                f"none of the {len(cells)} cells is known to be compiled")
         return GraphResult(compiled=0, failed=(why,), seconds=time.perf_counter() - start)
