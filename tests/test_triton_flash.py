@@ -376,10 +376,21 @@ class _RefusingKernel:
         return launch
 
 
-def test_an_untuned_launch_takes_the_next_tile_when_the_gpu_refuses_one(monkeypatch):
-    monkeypatch.setenv(tf.TUNE_ENV, "off")
+@pytest.fixture
+def tune(monkeypatch):
+    """Sets ATTNBENCH_TRITON_TUNE for the test, with no tile yet known to be unfit."""
     monkeypatch.setattr(tf, "_UNFIT", set())
-    fits = tf._candidate_tiles(*_RefusingKernel.KEY[:5])
+    return lambda value: monkeypatch.setenv(tf.TUNE_ENV, value)
+
+
+def _fwd_fp32_tiles():
+    """The candidates of _RefusingKernel's key: fp32 forward, head_dim 128, a tuned length."""
+    return tf._candidate_tiles(*_RefusingKernel.KEY[:5])
+
+
+def test_an_untuned_launch_takes_the_next_tile_when_the_gpu_refuses_one(tune):
+    tune("off")
+    fits = _fwd_fp32_tiles()
     kernel = _RefusingKernel(refused=fits[:2])
     tf._launch("fwd", kernel, None)
     assert kernel.launched == fits[:3], "the refused tiles are passed over in the candidates' order"
@@ -394,27 +405,24 @@ def test_an_untuned_launch_takes_the_next_tile_when_the_gpu_refuses_one(monkeypa
     assert fresh.launched == [fits[2]], "the refused tiles are remembered for their key"
 
 
-def test_an_untuned_launch_with_no_tile_left_raises_what_the_gpu_said(monkeypatch):
-    monkeypatch.setenv(tf.TUNE_ENV, "off")
-    monkeypatch.setattr(tf, "_UNFIT", set())
-    kernel = _RefusingKernel(refused=tf._candidate_tiles(*_RefusingKernel.KEY[:5]))
+def test_an_untuned_launch_with_no_tile_left_raises_what_the_gpu_said(tune):
+    tune("off")
+    kernel = _RefusingKernel(refused=_fwd_fp32_tiles())
     with pytest.raises(tf.OutOfResources, match="shared memory"):
         tf._launch("fwd", kernel, None)
 
 
-def test_a_tuned_launch_leaves_refusals_among_timed_candidates_to_the_autotuner(monkeypatch):
-    monkeypatch.setenv(tf.TUNE_ENV, "on")
-    monkeypatch.setattr(tf, "_UNFIT", set())
-    fits = tf._candidate_tiles(*_RefusingKernel.KEY[:5])
+def test_a_tuned_launch_leaves_refusals_among_timed_candidates_to_the_autotuner(tune):
+    tune("on")
+    fits = _fwd_fp32_tiles()
     kernel = _RefusingKernel(refused=fits[:1])
     tf._launch("fwd", kernel, None)
     assert kernel.launched == [fits[1]] and tf._UNFIT == set(), "the autotuner timed past the refused tile"
 
 
-def test_a_single_candidate_the_gpu_refuses_raises_even_when_tuning(monkeypatch):
+def test_a_single_candidate_the_gpu_refuses_raises_even_when_tuning(tune):
     """Below the tuned lengths there is one candidate, launched untimed: nothing else to fall back on."""
-    monkeypatch.setenv(tf.TUNE_ENV, "on")
-    monkeypatch.setattr(tf, "_UNFIT", set())
+    tune("on")
     short = (*_RefusingKernel.KEY[:3], tf.MIN_SEQ_BUCKET, *_RefusingKernel.KEY[4:])
     (only,) = tf._candidate_tiles(*short[:5])
     kernel = _RefusingKernel(refused=[only], key=short)
