@@ -87,6 +87,11 @@ TUNE_REP_MS = 25
 #: key that would compile and time every candidate costs one compile. Read at each new key; default on.
 TUNE_ENV = "ATTNBENCH_TRITON_TUNE"
 _TUNE_VALUES = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}
+#: ``ATTNBENCH_TRITON_TMA=off``: the kernels read the streamed tiles through pointers even where tensor descriptors
+#: (TMA) could: for timing one path against the other, and for testing the pointer path. Read at each call; default on.
+TMA_ENV = "ATTNBENCH_TRITON_TMA"
+#: the forward's main loop (whole key blocks) asks Triton to warp-specialise it, in the TMA path only
+WARP_SPECIALIZE_FORWARD = False
 
 
 def _interpreting() -> bool:
@@ -135,6 +140,22 @@ if triton is not None:
             tl.store(ptrs, tile, mask=rows[:, None] < n_rows)
         else:
             tl.store(ptrs, tile, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+
+    @triton.jit
+    def _head_descriptor(base, n_rows, stride_row, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                         BLOCK: tl.constexpr):
+        """A TMA descriptor of one head's (n_rows, HEAD_DIM) matrix (unit column stride), read in
+        (BLOCK, HEAD_DIM_PAD) tiles: rows past n_rows and columns past HEAD_DIM read as zero."""
+        return tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[stride_row, 1],
+                                         block_shape=[BLOCK, HEAD_DIM_PAD])
+
+    @triton.jit
+    def _group_descriptor(base, group, n_rows, stride_head, stride_row, HEAD_DIM: tl.constexpr,
+                          HEAD_DIM_PAD: tl.constexpr, BLOCK: tl.constexpr):
+        """A TMA descriptor of the ``group`` heads' (group, n_rows, HEAD_DIM) block (GQA: the query heads
+        that share a k/v head lie one head stride apart), read in (1, BLOCK, HEAD_DIM_PAD) tiles."""
+        return tl.make_tensor_descriptor(base, shape=[group, n_rows, HEAD_DIM], strides=[stride_head, stride_row, 1],
+                                         block_shape=[1, BLOCK, HEAD_DIM_PAD])
 
     # ------------------------------------------------------------------------------------------
     # masks: which blocks to visit, which of them to mask
@@ -205,37 +226,51 @@ if triton is not None:
     # ------------------------------------------------------------------------------------------
 
     @triton.jit
-    def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+    def _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
                         offs_m, offs_n, offs_d, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
                         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
                         CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
-                        INPUT_PRECISION: tl.constexpr):
-        """Stream key/value blocks [lo, hi) past one query tile; MASKED applies bounds and the masks."""
-        for start_n in range(lo, hi, BLOCK_N):
+                        INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr):
+        """Stream key/value blocks [lo, hi) past one query tile; MASKED applies bounds and the masks.
+        k_src and v_src are tensor descriptors when TMA (rows past seq_k and padded columns read as
+        zero), else pointers to the first block's rows; WARP_SPEC asks Triton to warp-specialise the loop."""
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             cols = start_n + offs_n
-            k = _load_tile(k_ptrs + start_n * stride_kn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            if TMA:
+                k = k_src.load([start_n, 0])
+            else:
+                k = _load_tile(k_src + start_n * stride_kn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
             # -- scores, in log2 units: qk_scale = sm_scale / ln(2)
-            qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+            qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
             if MASKED:
+                qk = qk * qk_scale
                 keep = _restrict(cols[None, :] < seq_k, offs_m[:, None], cols[None, :], cols[None, :],
                                  window, doc_lo[:, None], doc_hi[:, None], CAUSAL, MASK_KIND)
                 qk = tl.where(keep, qk, float("-inf"))
-            # -- update m_i and l_i
-            m_ij = tl.maximum(m_i, tl.max(qk, 1))
-            if MASKED and MASK_KIND != _NO_MASK:
-                # a row may meet blocks it sees nothing of before its first visible key (a tile spanning
-                # two documents, a window's left edge): subtract 0, not -inf, while its max is -inf
-                m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+                m_ij = tl.maximum(m_i, tl.max(qk, 1))
+                if MASK_KIND != _NO_MASK:
+                    # a row may meet blocks it sees nothing of before its first visible key (a tile spanning
+                    # two documents, a window's left edge): subtract 0, not -inf, while its max is -inf
+                    m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+                else:
+                    # without a mask spec -inf is safe: the first block a row sees holds key 0, which every
+                    # row sees, so m_i is finite before any row meets a block that is all masked for it
+                    m_sub = m_ij
+                p = tl.math.exp2(qk - m_sub[:, None])
             else:
-                # without a mask spec -inf is safe: the first block a row sees holds key 0, which every
-                # row sees, so m_i is finite before any row meets a block that is all masked for it
+                # every row sees every key of the block: scale and subtract in one multiply-add per
+                # score (max(qk) * scale is max(qk * scale), since the scale is positive)
+                m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
                 m_sub = m_ij
-            p = tl.math.exp2(qk - m_sub[:, None])
+                p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
             alpha = tl.math.exp2(m_i - m_sub)
             l_i = l_i * alpha + tl.sum(p, 1)
             # -- rescale the accumulator and add this block's p @ v
-            v = _load_tile(v_ptrs + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            if TMA:
+                v = v_src.load([start_n, 0])
+            else:
+                v = _load_tile(v_src + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
             m_i = m_ij
@@ -249,8 +284,8 @@ if triton is not None:
                   stride_oz, stride_oh, stride_om, stride_od,
                   num_heads, group, seq_q, seq_k, seq_bucket, window,
                   HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                  MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+                  WARP_SPEC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
         if CAUSAL:  # the last query tiles see the most keys: launch them first to shorten the tail
             pid_m = tl.num_programs(0) - 1 - pid_m
@@ -264,8 +299,16 @@ if triton is not None:
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM_PAD)
         q_ptrs = Q + off_z * stride_qz + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        k_ptrs = K + off_z * stride_kz + off_hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        v_ptrs = V + off_z * stride_vz + off_hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        if TMA:  # one descriptor per head: TMA reads rows past seq_k and columns past HEAD_DIM as zero
+            k_src = _head_descriptor(K + off_z * stride_kz + off_hk * stride_kh, seq_k, stride_kn,
+                                     HEAD_DIM, HEAD_DIM_PAD, BLOCK_N)
+            v_src = _head_descriptor(V + off_z * stride_vz + off_hk * stride_vh, seq_k, stride_vn,
+                                     HEAD_DIM, HEAD_DIM_PAD, BLOCK_N)
+        else:
+            k_src = (K + off_z * stride_kz + off_hk * stride_kh + offs_n[:, None] * stride_kn
+                     + offs_d[None, :] * stride_kd)
+            v_src = (V + off_z * stride_vz + off_hk * stride_vh + offs_n[:, None] * stride_vn
+                     + offs_d[None, :] * stride_vd)
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -289,20 +332,20 @@ if triton is not None:
         # -- stage 1: partial blocks left of the whole ones (a window's or a document's left edge), masked;
         # without a mask spec every row sees key 0 and this stage is empty
         if MASK_KIND != _NO_MASK:
-            acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+            acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
                                             offs_m, offs_n, offs_d, seq_k, qk_scale, start_n, full_lo,
                                             window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
-                                            CAUSAL, MASK_KIND, True, INPUT_PRECISION)
-        # -- stage 2: whole blocks, no masks
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                            CAUSAL, MASK_KIND, True, INPUT_PRECISION, TMA, False)
+        # -- stage 2: whole blocks, no masks (the loop warp-specialised when WARP_SPEC)
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
                                         offs_m, offs_n, offs_d, seq_k, qk_scale, full_lo, full_hi,
                                         window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
-                                        CAUSAL, MASK_KIND, False, INPUT_PRECISION)
+                                        CAUSAL, MASK_KIND, False, INPUT_PRECISION, TMA, WARP_SPEC)
         # -- stage 3: diagonal, right-edge and ragged blocks, masked
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
                                         offs_m, offs_n, offs_d, seq_k, qk_scale, full_hi, hi,
                                         window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
-                                        CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+                                        CAUSAL, MASK_KIND, True, INPUT_PRECISION, TMA, False)
 
         # -- epilogue: normalise, store O and the log-sum-exp in log2 units, the units the backward
         # subtracts it in. Storing it in natural log (x ln 2 here, x 1/ln 2 there) cost two more fp32
@@ -341,11 +384,11 @@ if triton is not None:
         tl.store(Delta + off_bh.to(tl.int64) * seq_q + offs_m, delta, mask=offs_m < seq_q)
 
     @triton.jit
-    def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qh, stride_qm, stride_doh, stride_dom,
+    def _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, stride_qh, stride_qm, stride_doh, stride_dom,
                              LSE, Delta, group, offs_n, offs_d, seq_q, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
                              HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M1: tl.constexpr,
                              CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
-                             INPUT_PRECISION: tl.constexpr):
+                             INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr):
         """Add the contributions of query blocks [lo, hi) of each of the ``group`` query heads that share
         this k/v head (GQA; their q, dO, LSE and delta lie one head stride apart) to one key block's dK
         and dV (transposed tiles). One flat loop over (head, block): a loop over heads around the block
@@ -357,10 +400,14 @@ if triton is not None:
             start_m = lo + (step - head * num_blocks) * BLOCK_M1
             start_m = tl.multiple_of(start_m, BLOCK_M1)
             offs_m = start_m + offs_m0
-            q = _load_tile(q_ptrs + head * stride_qh + start_m * stride_qm, offs_m, seq_q, offs_d,
-                           HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            do = _load_tile(do_ptrs + head * stride_doh + start_m * stride_dom, offs_m, seq_q, offs_d,
-                            HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            if TMA:  # q_src, do_src: descriptors of the group's heads
+                q = q_src.load([head, start_m, 0]).reshape(BLOCK_M1, HEAD_DIM_PAD)
+                do = do_src.load([head, start_m, 0]).reshape(BLOCK_M1, HEAD_DIM_PAD)
+            else:
+                q = _load_tile(q_src + head * stride_qh + start_m * stride_qm, offs_m, seq_q, offs_d,
+                               HEAD_DIM, HEAD_DIM_PAD, MASKED)
+                do = _load_tile(do_src + head * stride_doh + start_m * stride_dom, offs_m, seq_q, offs_d,
+                                HEAD_DIM, HEAD_DIM_PAD, MASKED)
             # rows past seq_q read q = dO = lse = delta = 0, so their p is 1 and their ds is 0:
             # they add nothing to dK or dV
             if MASKED:
@@ -395,7 +442,7 @@ if triton is not None:
                        stride_dvz, stride_dvh, stride_dvn, stride_dvd,
                        num_heads, group, seq_q, seq_k, seq_bucket, window,
                        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                       MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                       MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr,
                        BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr):
         # one program per key block of one k/v head: it owns that block's dK and dV, summed over the
         # `group` query heads that share the k/v head (GQA), so no atomics and no reduction afterwards
@@ -430,9 +477,16 @@ if triton is not None:
 
         # the first query head of the group (the others follow, one head stride apart)
         off_h0 = off_hk * group
-        q_ptrs = Q + off_z * stride_qz + off_h0 * stride_qh + offs_m0[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        do_ptrs = (DO + off_z * stride_doz + off_h0 * stride_doh + offs_m0[:, None] * stride_dom
-                   + offs_d[None, :] * stride_dod)
+        if TMA:
+            q_src = _group_descriptor(Q + off_z * stride_qz + off_h0 * stride_qh, group, seq_q, stride_qh, stride_qm,
+                                      HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1)
+            do_src = _group_descriptor(DO + off_z * stride_doz + off_h0 * stride_doh, group, seq_q, stride_doh,
+                                       stride_dom, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1)
+        else:
+            q_src = (Q + off_z * stride_qz + off_h0 * stride_qh + offs_m0[:, None] * stride_qm
+                     + offs_d[None, :] * stride_qd)
+            do_src = (DO + off_z * stride_doz + off_h0 * stride_doh + offs_m0[:, None] * stride_dom
+                      + offs_d[None, :] * stride_dod)
         LSE += (off_z * num_heads + off_h0) * seq_q
         Delta += (off_z * num_heads + off_h0) * seq_q
 
@@ -442,20 +496,20 @@ if triton is not None:
         # -- stage 1: partial query blocks before the whole ones (causal diagonal, window and document
         # edges), masked; empty without causal or a mask spec
         if CAUSAL or MASK_KIND != _NO_MASK:
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qh, stride_qm, stride_doh, stride_dom,
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, stride_qh, stride_qm, stride_doh, stride_dom,
                                           LSE, Delta, group, offs_n, offs_d, seq_q, seq_k, qk_scale, start_m, full_lo,
                                           window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
-                                          CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+                                          CAUSAL, MASK_KIND, True, INPUT_PRECISION, TMA)
         # -- stage 2: query blocks that see the whole key block, no masks
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qh, stride_qm, stride_doh, stride_dom,
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, stride_qh, stride_qm, stride_doh, stride_dom,
                                       LSE, Delta, group, offs_n, offs_d, seq_q, seq_k, qk_scale, full_lo, full_hi,
                                       window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
-                                      CAUSAL, MASK_KIND, False, INPUT_PRECISION)
+                                      CAUSAL, MASK_KIND, False, INPUT_PRECISION, TMA)
         # -- stage 3: partial blocks after them and the ragged last query block, masked
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qh, stride_qm, stride_doh, stride_dom,
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, stride_qh, stride_qm, stride_doh, stride_dom,
                                       LSE, Delta, group, offs_n, offs_d, seq_q, seq_k, qk_scale, full_hi, hi,
                                       window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M1,
-                                      CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+                                      CAUSAL, MASK_KIND, True, INPUT_PRECISION, TMA)
 
         dk *= sm_scale  # dS is the gradient of the scaled scores: dK = sm_scale * dS^T Q
         dk_ptrs = (DK + off_z * stride_dkz + off_hk * stride_dkh + offs_n[:, None] * stride_dkn
@@ -466,17 +520,21 @@ if triton is not None:
         _store_tile(dv_ptrs, dv.to(DV.dtype.element_ty), offs_n, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD)
 
     @triton.jit
-    def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+    def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_vn,
                            offs_m, offs_n0, offs_d, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
                            HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_N2: tl.constexpr,
                            CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
-                           INPUT_PRECISION: tl.constexpr):
+                           INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr):
         """Add the contributions of key blocks [lo, hi) to one query block's dQ."""
         for start_n in range(lo, hi, BLOCK_N2):
             start_n = tl.multiple_of(start_n, BLOCK_N2)
             cols = start_n + offs_n0
-            k = _load_tile(k_ptrs + start_n * stride_kn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            v = _load_tile(v_ptrs + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            if TMA:
+                k = k_src.load([start_n, 0])
+                v = v_src.load([start_n, 0])
+            else:
+                k = _load_tile(k_src + start_n * stride_kn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+                v = _load_tile(v_src + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
             # -- recompute P from the log-sum-exp
             qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
             p = tl.math.exp2(qk * qk_scale - lse2[:, None])
@@ -500,7 +558,7 @@ if triton is not None:
                      stride_dqz, stride_dqh, stride_dqm, stride_dqd,
                      num_heads, group, seq_q, seq_k, seq_bucket, window,
                      HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr,
                      BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr):
         pid_m = tl.program_id(0)
         if CAUSAL:  # heaviest query tiles first, as in the forward
@@ -521,8 +579,16 @@ if triton is not None:
         row_ok = offs_m < seq_q
         lse2 = tl.load(LSE + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)  # log2 units
         delta = tl.load(Delta + off_bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)
-        k_ptrs = K + off_z * stride_kz + off_hk * stride_kh + offs_n0[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        v_ptrs = V + off_z * stride_vz + off_hk * stride_vh + offs_n0[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        if TMA:
+            k_src = _head_descriptor(K + off_z * stride_kz + off_hk * stride_kh, seq_k, stride_kn,
+                                     HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2)
+            v_src = _head_descriptor(V + off_z * stride_vz + off_hk * stride_vh, seq_k, stride_vn,
+                                     HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2)
+        else:
+            k_src = (K + off_z * stride_kz + off_hk * stride_kh + offs_n0[:, None] * stride_kn
+                     + offs_d[None, :] * stride_kd)
+            v_src = (V + off_z * stride_vz + off_hk * stride_vh + offs_n0[:, None] * stride_vn
+                     + offs_d[None, :] * stride_vd)
         if MASK_KIND == _DOCUMENT_MASK:
             doc_lo = tl.load(DocStart + offs_m, mask=row_ok, other=0)
             doc_hi = tl.load(DocEnd + offs_m, mask=row_ok, other=0)
@@ -539,18 +605,18 @@ if triton is not None:
         dq = tl.zeros([BLOCK_M2, HEAD_DIM_PAD], dtype=tl.float32)
         # -- stage 1: partial blocks left of the whole ones, masked (empty without a mask spec)
         if MASK_KIND != _NO_MASK:
-            dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+            dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_vn,
                                     offs_m, offs_n0, offs_d, seq_k, qk_scale, start_n, full_lo, window, doc_lo,
                                     doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, True,
-                                    INPUT_PRECISION)
+                                    INPUT_PRECISION, TMA)
         # -- stage 2: whole blocks, no masks
-        dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_vn,
                                 offs_m, offs_n0, offs_d, seq_k, qk_scale, full_lo, full_hi, window, doc_lo, doc_hi,
-                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, False, INPUT_PRECISION)
+                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, False, INPUT_PRECISION, TMA)
         # -- stage 3: diagonal, right-edge and ragged blocks, masked
-        dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_src, v_src, stride_kn, stride_vn,
                                 offs_m, offs_n0, offs_d, seq_k, qk_scale, full_hi, hi, window, doc_lo, doc_hi,
-                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+                                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N2, CAUSAL, MASK_KIND, True, INPUT_PRECISION, TMA)
 
         dq *= sm_scale  # dQ = sm_scale * dS K
         dq_ptrs = (DQ + off_z * stride_dqz + off_h * stride_dqh + offs_m[:, None] * stride_dqm
@@ -628,12 +694,21 @@ def _candidate_tiles(kernel: str, elem_bytes: int, head_dim_pad: int, seq_bucket
     return fits
 
 
+def _switch(env: str) -> bool:
+    value = os.environ.get(env, "on").strip().lower()
+    if value not in _TUNE_VALUES:
+        raise ValueError(f"{env}={value!r}: expected on or off")
+    return _TUNE_VALUES[value]
+
+
 def tuning() -> bool:
     """Whether the autotuner times the candidates (``ATTNBENCH_TRITON_TUNE``, on unless set off)."""
-    value = os.environ.get(TUNE_ENV, "on").strip().lower()
-    if value not in _TUNE_VALUES:
-        raise ValueError(f"{TUNE_ENV}={value!r}: expected on or off")
-    return _TUNE_VALUES[value]
+    return _switch(TUNE_ENV)
+
+
+def tma_allowed() -> bool:
+    """Whether the kernels may read through tensor descriptors (``ATTNBENCH_TRITON_TMA``, on unless set off)."""
+    return _switch(TMA_ENV)
 
 
 @contextlib.contextmanager
@@ -681,7 +756,7 @@ def _prune(kernel: str):
         head_dim_pad = kwargs.get("HEAD_DIM_PAD", named_args.get("HEAD_DIM_PAD"))
         limit = _shared_memory_bytes(q.device.index if q.device.index is not None else torch.cuda.current_device())
         constexprs = tuple(kwargs.get(name, named_args.get(name))
-                           for name in ("HEAD_DIM", "CAUSAL", "MASK_KIND", "INPUT_PRECISION"))
+                           for name in ("HEAD_DIM", "CAUSAL", "MASK_KIND", "INPUT_PRECISION", "TMA", "WARP_SPEC"))
         fits = _tiles_to_try(kernel, q.element_size(), head_dim_pad, named_args["seq_bucket"], limit, constexprs)
         return [c for c in configs if _tile_of(kernel, c) in fits]
 
@@ -713,7 +788,7 @@ def _autotune(kernel: str):
         configs=_configs(kernel),
         # the dtype is keyed on by Triton. MASK_KIND too: a window or documents change each program's
         # work (a few blocks instead of seq/BLOCK), so the best tile differs from the unmasked one's
-        key=["HEAD_DIM_PAD", "CAUSAL", "MASK_KIND", "INPUT_PRECISION", "seq_bucket"],
+        key=["HEAD_DIM_PAD", "CAUSAL", "MASK_KIND", "INPUT_PRECISION", "TMA", "seq_bucket"],
         prune_configs_by={"early_config_prune": _prune(kernel)},
         **extra,
     )
@@ -753,6 +828,56 @@ def _input_precision(dtype: torch.dtype, allow_tf32: bool | None = None) -> str:
 
 def _head_dim_pad(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))  # tl.dot needs every dimension >= 16
+
+
+def _tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can read these tensors through TMA descriptors: tensor descriptors in this Triton, a
+    Hopper-or-later GPU (or the interpreter, which emulates them), unit stride along head_dim, and 16-byte
+    aligned base addresses and other strides (TMA's rules)."""
+    if not hasattr(tl, "make_tensor_descriptor") or not tma_allowed():
+        return False
+    device = tensors[0].device
+    if device.type == "cuda":
+        if torch.cuda.get_device_capability(device)[0] < 9:
+            return False
+    elif not _INTERPRET:
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(stride * size % 16 for stride in t.stride()[:-1]):
+            return False
+    return True
+
+
+class _ScratchAllocator:
+    """Global memory for the descriptors the kernels make on the device (Triton asks for it at launch)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device=self.device)
+
+
+@contextlib.contextmanager
+def _descriptor_memory(device: torch.device, needed: bool):
+    """Give Triton an allocator for on-device tensor descriptors while the kernels launch, then restore the
+    caller's. Triton keeps it in a context variable, so the backward (on autograd's own thread) sets it again."""
+    if not needed:
+        yield
+        return
+    from triton.runtime import _allocation
+
+    slot = getattr(_allocation, "_allocator", None)
+    if slot is None or not hasattr(slot, "set"):  # no context variable to restore: set it for good
+        triton.set_allocator(_ScratchAllocator(device))
+        yield
+        return
+    token = slot.set(_ScratchAllocator(device))
+    try:
+        yield
+    finally:
+        slot.reset(token)
 
 
 def _device_guard(t: torch.Tensor):
@@ -812,13 +937,15 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, ma
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
-    _launch(
-        "fwd", _attn_fwd_tuned, grid, q, k, v, out, lse, mask.doc_start, mask.doc_end, softmax_scale(head_dim),
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, heads // heads_kv, seq_q, seq_k, _seq_bucket(seq_q, seq_k), mask.window,
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=_head_dim_pad(head_dim), CAUSAL=causal, MASK_KIND=mask.kind,
-        INPUT_PRECISION=input_precision,
-    )
+    tma = _tma_ready(k, v)
+    with _descriptor_memory(q.device, tma):
+        _launch(
+            "fwd", _attn_fwd_tuned, grid, q, k, v, out, lse, mask.doc_start, mask.doc_end, softmax_scale(head_dim),
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            heads, heads // heads_kv, seq_q, seq_k, _seq_bucket(seq_q, seq_k), mask.window,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=_head_dim_pad(head_dim), CAUSAL=causal, MASK_KIND=mask.kind,
+            INPUT_PRECISION=input_precision, TMA=tma, WARP_SPEC=tma and WARP_SPECIALIZE_FORWARD,
+        )
     return out, lse
 
 
@@ -844,25 +971,30 @@ def _backward(q, k, v, out, lse, grad_out, causal: bool, mask: _MaskArgs, input_
     def grid_dkdv(meta):
         return (triton.cdiv(seq_k, meta["BLOCK_N1"]), batch * heads_kv)
 
-    _launch(
-        "dkdv", _attn_bwd_dkdv_tuned, grid_dkdv, q, k, v, grad_out, lse, delta, grad_k, grad_v, mask.doc_start, mask.doc_end, sm_scale,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_k.stride(), *grad_v.stride(),
-        heads, group, seq_q, seq_k, seq_bucket, mask.window,
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, MASK_KIND=mask.kind,
-        INPUT_PRECISION=input_precision,
-    )
+    tma = _tma_ready(q, grad_out)
+    with _descriptor_memory(q.device, tma):
+        _launch(
+            "dkdv", _attn_bwd_dkdv_tuned, grid_dkdv, q, k, v, grad_out, lse, delta, grad_k, grad_v, mask.doc_start,
+            mask.doc_end, sm_scale,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_k.stride(), *grad_v.stride(),
+            heads, group, seq_q, seq_k, seq_bucket, mask.window,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, MASK_KIND=mask.kind,
+            INPUT_PRECISION=input_precision, TMA=tma,
+        )
 
     # -- dQ: one program per query block
     def grid_dq(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M2"]), batch * heads)
 
-    _launch(
-        "dq", _attn_bwd_dq_tuned, grid_dq, q, k, v, grad_out, lse, delta, grad_q, mask.doc_start, mask.doc_end, sm_scale,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_q.stride(),
-        heads, group, seq_q, seq_k, seq_bucket, mask.window,
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, MASK_KIND=mask.kind,
-        INPUT_PRECISION=input_precision,
-    )
+    tma = _tma_ready(k, v)
+    with _descriptor_memory(q.device, tma):
+        _launch(
+            "dq", _attn_bwd_dq_tuned, grid_dq, q, k, v, grad_out, lse, delta, grad_q, mask.doc_start, mask.doc_end,
+            sm_scale, *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *grad_q.stride(),
+            heads, group, seq_q, seq_k, seq_bucket, mask.window,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, CAUSAL=causal, MASK_KIND=mask.kind,
+            INPUT_PRECISION=input_precision, TMA=tma,
+        )
     return grad_q, grad_k, grad_v
 
 
@@ -1100,8 +1232,11 @@ def _compile_launch(job: tuple, device: str = "cuda") -> tuple:
         meta["BLOCK_M"] = PREPROCESS_BLOCK_M
         return _attn_bwd_preprocess, (o, do, delta, *o.stride(), *do.stride(), 2, _COMPILE_SEQ), meta
     m_name, n_name = _BLOCK_NAMES[kernel]
-    meta.update(CAUSAL=causal, MASK_KIND=_MASK_KINDS[mask], INPUT_PRECISION=precision,
+    tma = _tma_ready(q, k)  # what a launch with such tensors takes
+    meta.update(CAUSAL=causal, MASK_KIND=_MASK_KINDS[mask], INPUT_PRECISION=precision, TMA=tma,
                 num_warps=tile[2], num_stages=tile[3], **{m_name: tile[0], n_name: tile[1]})
+    if kernel == "fwd":
+        meta["WARP_SPEC"] = tma and WARP_SPECIALIZE_FORWARD
     scale = softmax_scale(head_dim)
     if kernel == "fwd":
         fn, args = _attn_fwd, (q, k, v, o, lse, doc_start, doc_end, scale,
