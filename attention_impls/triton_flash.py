@@ -90,8 +90,6 @@ _TUNE_VALUES = {"on": True, "1": True, "true": True, "yes": True, "off": False, 
 #: ``ATTNBENCH_TRITON_TMA=off``: the kernels read the streamed tiles through pointers even where tensor descriptors
 #: (TMA) could: for timing one path against the other, and for testing the pointer path. Read at each call; default on.
 TMA_ENV = "ATTNBENCH_TRITON_TMA"
-#: the forward's main loop (whole key blocks) asks Triton to warp-specialise it, in the TMA path only
-WARP_SPECIALIZE_FORWARD = False
 
 
 def _interpreting() -> bool:
@@ -226,21 +224,16 @@ if triton is not None:
     # ------------------------------------------------------------------------------------------
 
     @triton.jit
-    def _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
+    def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                         offs_m, offs_n, offs_d, seq_k, qk_scale, lo, hi, window, doc_lo, doc_hi,
                         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
                         CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASKED: tl.constexpr,
-                        INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr):
-        """Stream key/value blocks [lo, hi) past one query tile; MASKED applies bounds and the masks.
-        k_src and v_src are tensor descriptors when TMA (rows past seq_k and padded columns read as
-        zero), else pointers to the first block's rows; WARP_SPEC asks Triton to warp-specialise the loop."""
-        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
+                        INPUT_PRECISION: tl.constexpr):
+        """Stream key/value blocks [lo, hi) past one query tile; MASKED applies bounds and the masks."""
+        for start_n in range(lo, hi, BLOCK_N):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             cols = start_n + offs_n
-            if TMA:
-                k = k_src.load([start_n, 0])
-            else:
-                k = _load_tile(k_src + start_n * stride_kn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            k = _load_tile(k_ptrs + start_n * stride_kn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
             # -- scores, in log2 units: qk_scale = sm_scale / ln(2)
             qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
             if MASKED:
@@ -267,10 +260,7 @@ if triton is not None:
             alpha = tl.math.exp2(m_i - m_sub)
             l_i = l_i * alpha + tl.sum(p, 1)
             # -- rescale the accumulator and add this block's p @ v
-            if TMA:
-                v = v_src.load([start_n, 0])
-            else:
-                v = _load_tile(v_src + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            v = _load_tile(v_ptrs + start_n * stride_vn, cols, seq_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
             m_i = m_ij
@@ -284,8 +274,8 @@ if triton is not None:
                   stride_oz, stride_oh, stride_om, stride_od,
                   num_heads, group, seq_q, seq_k, seq_bucket, window,
                   HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, CAUSAL: tl.constexpr,
-                  MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-                  WARP_SPEC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
         if CAUSAL:  # the last query tiles see the most keys: launch them first to shorten the tail
             pid_m = tl.num_programs(0) - 1 - pid_m
@@ -299,16 +289,8 @@ if triton is not None:
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM_PAD)
         q_ptrs = Q + off_z * stride_qz + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        if TMA:  # one descriptor per head: TMA reads rows past seq_k and columns past HEAD_DIM as zero
-            k_src = _head_descriptor(K + off_z * stride_kz + off_hk * stride_kh, seq_k, stride_kn,
-                                     HEAD_DIM, HEAD_DIM_PAD, BLOCK_N)
-            v_src = _head_descriptor(V + off_z * stride_vz + off_hk * stride_vh, seq_k, stride_vn,
-                                     HEAD_DIM, HEAD_DIM_PAD, BLOCK_N)
-        else:
-            k_src = (K + off_z * stride_kz + off_hk * stride_kh + offs_n[:, None] * stride_kn
-                     + offs_d[None, :] * stride_kd)
-            v_src = (V + off_z * stride_vz + off_hk * stride_vh + offs_n[:, None] * stride_vn
-                     + offs_d[None, :] * stride_vd)
+        k_ptrs = K + off_z * stride_kz + off_hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = V + off_z * stride_vz + off_hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -332,20 +314,20 @@ if triton is not None:
         # -- stage 1: partial blocks left of the whole ones (a window's or a document's left edge), masked;
         # without a mask spec every row sees key 0 and this stage is empty
         if MASK_KIND != _NO_MASK:
-            acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
+            acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                             offs_m, offs_n, offs_d, seq_k, qk_scale, start_n, full_lo,
                                             window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
-                                            CAUSAL, MASK_KIND, True, INPUT_PRECISION, TMA, False)
-        # -- stage 2: whole blocks, no masks (the loop warp-specialised when WARP_SPEC)
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
+                                            CAUSAL, MASK_KIND, True, INPUT_PRECISION)
+        # -- stage 2: whole blocks, no masks
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                         offs_m, offs_n, offs_d, seq_k, qk_scale, full_lo, full_hi,
                                         window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
-                                        CAUSAL, MASK_KIND, False, INPUT_PRECISION, TMA, WARP_SPEC)
+                                        CAUSAL, MASK_KIND, False, INPUT_PRECISION)
         # -- stage 3: diagonal, right-edge and ragged blocks, masked
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn,
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                         offs_m, offs_n, offs_d, seq_k, qk_scale, full_hi, hi,
                                         window, doc_lo, doc_hi, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
-                                        CAUSAL, MASK_KIND, True, INPUT_PRECISION, TMA, False)
+                                        CAUSAL, MASK_KIND, True, INPUT_PRECISION)
 
         # -- epilogue: normalise, store O and the log-sum-exp in log2 units, the units the backward
         # subtracts it in. Storing it in natural log (x ln 2 here, x 1/ln 2 there) cost two more fp32
@@ -639,11 +621,12 @@ _TILES = {
                  (64, 32, 4, 2), (32, 32, 4, 2)],
     # dK/dV: BLOCK_M1 queries stream past BLOCK_N1 resident keys; the dK and dV accumulators are the
     # register bill, so 8 warps share them
-    ("dkdv", 2): [(32, 128, 8, 3), (16, 128, 8, 3), (64, 128, 8, 3), (32, 64, 8, 3), (16, 64, 4, 3)],
+    ("dkdv", 2): [(32, 128, 8, 3), (16, 128, 8, 3), (64, 128, 8, 3), (64, 128, 8, 2), (32, 64, 8, 3), (64, 64, 4, 4),
+                  (16, 64, 4, 3)],
     ("dkdv", 4): [(32, 64, 8, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2),
                   (32, 32, 4, 2), (16, 64, 4, 2), (16, 32, 4, 2)],
     # dQ: BLOCK_N2 keys stream past BLOCK_M2 resident queries
-    ("dq", 2): [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
+    ("dq", 2): [(128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2)],
     ("dq", 4): [(64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2),
                 (16, 32, 4, 2)],
 }
@@ -756,7 +739,7 @@ def _prune(kernel: str):
         head_dim_pad = kwargs.get("HEAD_DIM_PAD", named_args.get("HEAD_DIM_PAD"))
         limit = _shared_memory_bytes(q.device.index if q.device.index is not None else torch.cuda.current_device())
         constexprs = tuple(kwargs.get(name, named_args.get(name))
-                           for name in ("HEAD_DIM", "CAUSAL", "MASK_KIND", "INPUT_PRECISION", "TMA", "WARP_SPEC"))
+                           for name in ("HEAD_DIM", "CAUSAL", "MASK_KIND", "INPUT_PRECISION", "TMA"))
         fits = _tiles_to_try(kernel, q.element_size(), head_dim_pad, named_args["seq_bucket"], limit, constexprs)
         return [c for c in configs if _tile_of(kernel, c) in fits]
 
@@ -787,8 +770,9 @@ def _autotune(kernel: str):
     return triton.autotune(
         configs=_configs(kernel),
         # the dtype is keyed on by Triton. MASK_KIND too: a window or documents change each program's
-        # work (a few blocks instead of seq/BLOCK), so the best tile differs from the unmasked one's
-        key=["HEAD_DIM_PAD", "CAUSAL", "MASK_KIND", "INPUT_PRECISION", "TMA", "seq_bucket"],
+        # work (a few blocks instead of seq/BLOCK), so the best tile differs from the unmasked one's; and
+        # in the backward whether the streamed tiles come through TMA
+        key=["HEAD_DIM_PAD", "CAUSAL", "MASK_KIND", "INPUT_PRECISION", "seq_bucket"] + (["TMA"] if kernel != "fwd" else []),
         prune_configs_by={"early_config_prune": _prune(kernel)},
         **extra,
     )
@@ -937,15 +921,13 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, ma
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)
 
-    tma = _tma_ready(k, v)
-    with _descriptor_memory(q.device, tma):
-        _launch(
-            "fwd", _attn_fwd_tuned, grid, q, k, v, out, lse, mask.doc_start, mask.doc_end, softmax_scale(head_dim),
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            heads, heads // heads_kv, seq_q, seq_k, _seq_bucket(seq_q, seq_k), mask.window,
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=_head_dim_pad(head_dim), CAUSAL=causal, MASK_KIND=mask.kind,
-            INPUT_PRECISION=input_precision, TMA=tma, WARP_SPEC=tma and WARP_SPECIALIZE_FORWARD,
-        )
+    _launch(
+        "fwd", _attn_fwd_tuned, grid, q, k, v, out, lse, mask.doc_start, mask.doc_end, softmax_scale(head_dim),
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        heads, heads // heads_kv, seq_q, seq_k, _seq_bucket(seq_q, seq_k), mask.window,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=_head_dim_pad(head_dim), CAUSAL=causal, MASK_KIND=mask.kind,
+        INPUT_PRECISION=input_precision,
+    )
     return out, lse
 
 
@@ -1232,11 +1214,10 @@ def _compile_launch(job: tuple, device: str = "cuda") -> tuple:
         meta["BLOCK_M"] = PREPROCESS_BLOCK_M
         return _attn_bwd_preprocess, (o, do, delta, *o.stride(), *do.stride(), 2, _COMPILE_SEQ), meta
     m_name, n_name = _BLOCK_NAMES[kernel]
-    tma = _tma_ready(q, k)  # what a launch with such tensors takes
-    meta.update(CAUSAL=causal, MASK_KIND=_MASK_KINDS[mask], INPUT_PRECISION=precision, TMA=tma,
+    meta.update(CAUSAL=causal, MASK_KIND=_MASK_KINDS[mask], INPUT_PRECISION=precision,
                 num_warps=tile[2], num_stages=tile[3], **{m_name: tile[0], n_name: tile[1]})
-    if kernel == "fwd":
-        meta["WARP_SPEC"] = tma and WARP_SPECIALIZE_FORWARD
+    if kernel != "fwd":
+        meta["TMA"] = _tma_ready(q, k)  # what a launch with such tensors takes
     scale = softmax_scale(head_dim)
     if kernel == "fwd":
         fn, args = _attn_fwd, (q, k, v, o, lse, doc_start, doc_end, scale,
