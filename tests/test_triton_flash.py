@@ -19,7 +19,7 @@ import pytest
 import torch
 from helpers import assert_flash_rule, output_and_grads, rel_err, triton_flash_marks
 
-from attention_impls import get_variant, reference
+from attention_impls import get_variant, masks, reference
 from attention_impls import triton_flash as tf
 from attention_impls.reference import plain_attention
 
@@ -113,6 +113,73 @@ def test_saves_inputs_output_and_lse_only(causal):
     _, ref_lse = reference(q, k, v, causal=causal)
     err = (lse[0].double() - ref_lse / math.log(2)).abs().max().item()
     assert err < 1e-5, f"saved log-sum-exp differs from the reference's (in log2 units: lse / ln 2) by {err:.2e}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the backward's two ways of reading tiles: TMA tensor descriptors and pointers
+# ------------------------------------------------------------------------------------------------
+
+TMA_CASES = [
+    # (heads, heads_kv, seq, head_dim, causal, mask): ragged lengths, padded head_dim, GQA, both mask kinds
+    (2, 2, 37, 24, False, None),
+    (4, 2, 70, 32, True, None),
+    (3, 1, 64, 16, True, masks.sliding_window(9)),
+    (2, 2, 50, 32, False, masks.document((20, 30))),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize(("heads", "heads_kv", "seq", "head_dim", "causal", "mask"), TMA_CASES)
+def test_backward_through_tma_descriptors_equals_backward_through_pointers(monkeypatch, heads, heads_kv, seq,
+                                                                              head_dim, causal, mask):
+    """Descriptors read rows past the sequence and columns past head_dim as zero, as the pointer loads' masks
+    do, so the interpreter's results agree bit for bit; and the descriptor path is the one taken when allowed."""
+    gen = torch.Generator().manual_seed(3)
+    q, grad_out = (torch.randn(1, heads, seq, head_dim, generator=gen) for _ in range(2))
+    k, v = (torch.randn(1, heads_kv, seq, head_dim, generator=gen) for _ in range(2))
+    taken = []
+    real = tf._descriptor_memory
+
+    def spy(device, needed):
+        taken.append(needed)
+        return real(device, needed)
+
+    monkeypatch.setattr(tf, "_descriptor_memory", spy)
+    results = {}
+    for setting in ("on", "off"):
+        monkeypatch.setenv(tf.TMA_ENV, setting)
+        taken.clear()
+        results[setting] = output_and_grads(lambda *a: VARIANT(*a, causal=causal, mask=mask), q, k, v, grad_out)
+        assert taken == [setting == "on"] * 2, f"ATTNBENCH_TRITON_TMA={setting}: descriptors used per kernel {taken}"
+    for name, a, b in zip(GRAD_NAMES, results["on"], results["off"]):
+        assert torch.equal(a, b), f"{name}: TMA and pointer paths differ by {(a - b).abs().max().item():.2e}"
+
+
+def test_tma_needs_unit_stride_and_16_byte_alignment(monkeypatch):
+    if tf.triton is None or not hasattr(tf.tl, "make_tensor_descriptor") or not tf._INTERPRET:
+        pytest.skip("needs Triton's interpreter with tensor descriptors")
+    monkeypatch.setenv(tf.TMA_ENV, "on")
+    assert tf._tma_ready(torch.randn(1, 2, 5, 24))  # rows of 96 bytes
+    assert not tf._tma_ready(torch.randn(1, 2, 5, 59, dtype=torch.float16)), "rows of 118 bytes are not aligned"
+    assert not tf._tma_ready(torch.randn(1, 2, 24, 5).transpose(2, 3)), "head_dim must have unit stride"
+    shifted = torch.randn(2 * 5 * 24 + 1)[1:].view(1, 2, 5, 24)
+    assert shifted.data_ptr() % 16 and not tf._tma_ready(shifted), "a base address off 16 bytes"
+    assert not tf._tma_ready(torch.randn(1, 2, 5, 24), shifted), "every tensor read through TMA must qualify"
+    monkeypatch.setenv(tf.TMA_ENV, "off")
+    assert not tf._tma_ready(torch.randn(1, 2, 5, 24))
+    monkeypatch.setenv(tf.TMA_ENV, "sometimes")
+    with pytest.raises(ValueError, match="ATTNBENCH_TRITON_TMA='sometimes': expected on or off"):
+        tf._tma_ready(torch.randn(1, 2, 5, 24))
+
+
+@needs_interpreter
+def test_descriptor_memory_gives_back_the_callers_allocator():
+    from triton.runtime import _allocation
+
+    before = _allocation._allocator.get()
+    q, k, v, grad_out = make_inputs(1, 2, 17, 17, 16, torch.float32, "cpu")
+    output_and_grads(lambda *a: VARIANT(*a, causal=True), q, k, v, grad_out)
+    assert _allocation._allocator.get() is before
 
 
 # ------------------------------------------------------------------------------------------------
