@@ -8,7 +8,10 @@ Backward recomputes the probabilities of each tile from the log-sum-exp, in thre
 ``_attn_bwd_preprocess`` (delta = rowsum(dO * O)), ``_attn_bwd_dkdv`` (one program per key block,
 looping over query blocks) and ``_attn_bwd_dq`` (one program per query block, looping over key
 blocks). Each output element is written by exactly one program: no atomics, so autotuning (which
-reruns a kernel) needs no reset.
+reruns a kernel) needs no reset. On Hopper and later the two backward kernels read the tiles they
+stream (q and dO; k and v) through TMA tensor descriptors made on the device, one per head or GQA group,
+where the strides allow (``_tma_ready``); elsewhere, and in the forward, which measured faster without
+them on an H200, through pointers. The interpreter emulates descriptors, so the CPU tests run both paths.
 
 Masks: causal (top-left aligned, query i sees keys j <= i), and AND-ed with it the mask specs of
 ``attention_impls.masks`` ``sliding_window(w)`` (|i - j| < w) and ``document(lengths)`` (same
