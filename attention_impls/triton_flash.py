@@ -820,7 +820,8 @@ def _head_dim_pad(head_dim: int) -> int:
 def _tma_ready(*tensors: torch.Tensor) -> bool:
     """Whether the kernels can read these tensors through TMA descriptors: tensor descriptors in this Triton, a
     Hopper-or-later GPU (or the interpreter, which emulates them), unit stride along head_dim, and 16-byte
-    aligned base addresses and other strides (TMA's rules)."""
+    aligned base addresses and other strides (TMA's rules). A broadcast dimension (stride 0, as autograd
+    hands the gradient of a sum) is left to the pointer loads."""
     if not hasattr(tl, "make_tensor_descriptor") or not tma_allowed():
         return False
     device = tensors[0].device
@@ -831,7 +832,9 @@ def _tma_ready(*tensors: torch.Tensor) -> bool:
         return False
     for t in tensors:
         size = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(stride * size % 16 for stride in t.stride()[:-1]):
+        if t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        if any(stride * size % 16 or (stride == 0 and n > 1) for stride, n in zip(t.stride()[:-1], t.shape[:-1])):
             return False
     return True
 
@@ -1042,6 +1045,7 @@ def triton_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """
     _check_gqa_and_mask(q, k, v, causal, mask)
     tuning()  # a bad ATTNBENCH_TRITON_TUNE is refused here, not inside Triton's autotuner
+    tma_allowed()  # and a bad ATTNBENCH_TRITON_TMA here, not in the backward
     return _TritonFlashAttention.apply(q, k, v, causal, mask)
 
 

@@ -165,11 +165,27 @@ def test_tma_needs_unit_stride_and_16_byte_alignment(monkeypatch):
     shifted = torch.randn(2 * 5 * 24 + 1)[1:].view(1, 2, 5, 24)
     assert shifted.data_ptr() % 16 and not tf._tma_ready(shifted), "a base address off 16 bytes"
     assert not tf._tma_ready(torch.randn(1, 2, 5, 24), shifted), "every tensor read through TMA must qualify"
+    assert not tf._tma_ready(torch.randn(1, 1, 1, 24).expand(1, 2, 5, 24)), "broadcast rows and heads (stride 0)"
+    assert tf._tma_ready(torch.randn(2, 5, 24)[None]), "a size-1 dimension's stride does not matter"
     monkeypatch.setenv(tf.TMA_ENV, "off")
     assert not tf._tma_ready(torch.randn(1, 2, 5, 24))
     monkeypatch.setenv(tf.TMA_ENV, "sometimes")
     with pytest.raises(ValueError, match="ATTNBENCH_TRITON_TMA='sometimes': expected on or off"):
         tf._tma_ready(torch.randn(1, 2, 5, 24))
+    q = torch.randn(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="ATTNBENCH_TRITON_TMA='sometimes': expected on or off"):
+        tf.triton_flash_attention(q, q.clone(), q.clone())  # at the call, before any kernel runs
+
+
+@needs_interpreter
+def test_the_gradient_of_a_sum_reads_through_pointers_and_matches_the_reference():
+    """autograd hands ``out.sum()``'s gradient as a broadcast (all strides 0): the pointer path takes it."""
+    q, k, v, _ = make_inputs(1, 2, 19, 19, 16, torch.float32, "cpu")
+    mine = torch.autograd.grad(VARIANT(*(t.requires_grad_() for t in (q, k, v)), causal=True).sum(), (q, k, v))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = torch.autograd.grad(reference(q64, k64, v64, causal=True)[0].sum(), (q64, k64, v64))
+    for name, m, r in zip(GRAD_NAMES[1:], mine, ref):
+        assert rel_err(m, r) < 1e-5, f"{name} wrong for a broadcast gradient: rel err {rel_err(m, r):.2e}"
 
 
 @needs_interpreter
