@@ -95,7 +95,7 @@ def _max_over_ranks(values: list[float], device: torch.device) -> list[float]:
 
 def _slowest_stats(rounds: list[float], device: torch.device) -> dict:
     """pytest-benchmark's statistics of this rank's rounds, each numeric one replaced by the slowest rank's."""
-    from pytest_benchmark.stats import Stats
+    from .pb_compat import Stats
 
     stats = Stats()
     for seconds in rounds:
@@ -298,7 +298,7 @@ class _CellRun:
         memory = {"saved_nxn": census.nxn_count, "saved_bytes": census.saved_bytes}
         if self.device.type == "cuda":
             memory.update(peak_bytes=torch.cuda.max_memory_allocated(self.device), mem_before_backward_bytes=before)
-        from pytest_benchmark.stats import Stats
+        from .pb_compat import Stats
 
         passes = {}
         for pass_name, rounds in zip(("forward", "backward"), times):
@@ -494,22 +494,20 @@ def planned_cells(args) -> int:
 def run_data(args, device: torch.device, cells, single, world_size: int, *, complete: bool,
              stop_reason: str = "") -> dict:
     """The run as attnbench.record writes it, from the cells measured so far."""
-    import pytest_benchmark
-    from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info
-    from pytest_benchmark.utils import get_commit_info
+    from .pb_compat import generate_machine_info, get_commit_info, pb_version
 
     from .machine import environment, gpu_identity
     from .record import Timing, command_run, machine_section, run_section
 
     records, benchmarks = _records(cells, world_size, single)
     uuid, visible = gpu_identity(device.type)
-    machine_info = {**pytest_benchmark_generate_machine_info(),
+    machine_info = {**generate_machine_info(),
                     "attnbench": machine_section(environment(device.type), gpu_uuid=uuid,
                                                  cuda_visible_devices=visible)}
     section = run_section(preset=PRESET, timing=Timing("device" if device.type == "cuda" else "wall"), plants={},
                           complete=complete, stop_reason=stop_reason, cells=records, world_size=world_size)
     return command_run(machine_info=machine_info, commit_info=get_commit_info(), benchmarks=benchmarks,
-                       section=section, version=pytest_benchmark.__version__,
+                       section=section, version=pb_version(),
                        datetime=datetime.datetime.now(datetime.timezone.utc).isoformat())
 
 
@@ -519,7 +517,7 @@ class RunWriter:
     next numbered file, the incomplete one removed)."""
 
     def __init__(self, args, device: torch.device, world_size: int):
-        from pytest_benchmark.utils import get_commit_info, get_machine_id
+        from .pb_compat import get_commit_info, get_machine_id
 
         from .storage import INCOMPLETE_PREFIX
 

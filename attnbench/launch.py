@@ -239,7 +239,7 @@ def collect(shards: list[Shard]):
 
 def storage_directory(storage: str) -> Path:
     """The folder pytest-benchmark's autosave would use in ``storage``: ``<storage>/<machine id>``."""
-    from pytest_benchmark.utils import get_machine_id
+    from .pb_compat import get_machine_id
 
     if "://" in storage and not storage.startswith("file://"):
         raise CannotRun(f"--storage {storage}: attnbench run saves into a folder (file://PATH or PATH)")
@@ -356,6 +356,6 @@ def run(args) -> int:
 
 def _autosave_name() -> str:
     """The name --benchmark-autosave gives a run: the commit and the time (pytest-benchmark's tag)."""
-    from pytest_benchmark.utils import get_tag
+    from .pb_compat import get_tag
 
     return get_tag()

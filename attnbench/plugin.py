@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import options
+from . import options, pb_compat
 from .grid import AXES, DEFAULT_CPU_PRESET, DEFAULT_CUDA_PRESET, Cell, cell_reason, expand
 from .record import (
     PER_PROCESS_MACHINE_KEYS,
@@ -252,6 +252,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Remember which cells the selected benchmarks cover: a run that stops before them is incomplete."""
     s = attn_session(session.config)
     s.planned = list(dict.fromkeys(c.key for c in (_cell_of(i, s.device) for i in session.items) if c))
+    unsupported = pb_compat.unsupported_reason()
+    if s.planned and unsupported and not pb_compat.benchmarks_disabled(session.config):
+        raise pytest.UsageError(unsupported)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -260,9 +263,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     s = attn_session(config)
     s.pytest_session = session
-    bs = getattr(config, "_benchmarksession", None)
-    if bs is not None and not bs.disabled:
-        _guard_saving(bs, s)
+    _guard_saving(config, s)
     s.sigterm.enter_context(sigterm_as_ctrl_c(on_sigterm=lambda: setattr(s, "terminated", True)))
     if s.device == "cuda":
         from .machine import gpu_sample
@@ -270,31 +271,37 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         s.gpu_start = gpu_sample()
 
 
-def _guard_saving(bs, s: AttnSession) -> None:
-    """One run at a time per storage; runs written atomically, incomplete ones set apart (``storage``)."""
-    from pytest_benchmark.storage.file import FileStorage
+def _guard_saving(config: pytest.Config, s: AttnSession) -> None:
+    """One run at a time per storage; runs written atomically, incomplete ones set apart (``storage``), through
+    the one adapter that knows pytest-benchmark's saving (``pb_compat``)."""
+    from .record import write_json_atomically
+    from .storage import StorageBusy, StorageLock, save_numbered
 
-    from .storage import AtomicJsonFile, StorageBusy, StorageLock, save_numbered
+    directory = pb_compat.file_storage_path(config)
+    if directory is not None:
+        try:
+            s.storage_lock = StorageLock(directory)
+        except StorageBusy as exc:
+            raise pytest.UsageError(str(exc)) from None
 
-    if bs.json:  # --benchmark-json's file, opened by the option parser: write it in one step instead
-        path = bs.json.name
-        bs.json.close()
-        bs.json = AtomicJsonFile(path)
-    if not (bs.save or bs.autosave) or not isinstance(bs.storage, FileStorage):
-        return
-    try:
-        s.storage_lock = StorageLock(bs.storage.path)
-    except StorageBusy as exc:
-        raise pytest.UsageError(str(exc)) from None
-    storage = bs.storage
-
-    def save(output_json: dict, name: str) -> None:
+    def save(run_directory: Path, name: str, output_json: dict) -> Path:
         complete = output_json.get("attnbench", {}).get("complete", True)
-        directory = storage.path / storage.default_machine_id if storage.default_machine_id else storage.path
-        s.saved_path = save_numbered(directory, name, output_json, complete=complete)
-        storage.logger.info(f"Saved benchmark data in: {s.saved_path}")
+        s.saved_path = save_numbered(run_directory, name, output_json, complete=complete)
+        return s.saved_path
 
-    storage.save = save
+    pb_compat.install_saving(config, write_json=write_json_atomically, save_run=save,
+                             warn=lambda message: _warn(config, message))
+
+
+def _warn(config: pytest.Config, message: str) -> None:
+    """One plain line on the terminal (standard error when there is no terminal reporter)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(message, yellow=True, bold=True)
+    else:
+        import sys
+
+        print(message, file=sys.stderr)
 
 
 @pytest.fixture
@@ -434,12 +441,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     """After pytest-benchmark's tables: OOM and unmeasured cells, an incomplete run, untrustworthy-GPU flags,
     memory regressions, and --benchmark-compare-fail's verdict as a line and an exit status (pytest-benchmark
     raises it through the terminal summary, which pytest would print as a traceback)."""
-    from pytest_benchmark.session import PerformanceRegression
-
     regressed, result = False, None
     try:
         result = yield
-    except PerformanceRegression:
+    except pb_compat.PerformanceRegression:
         regressed = True
     _summary(terminalreporter, config)
     if regressed:

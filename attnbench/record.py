@@ -457,9 +457,9 @@ def run_data(cells: list[CellRecord], *, env: dict, commit: Commit | None, datet
 
 
 def _pytest_benchmark_version() -> str:
-    from importlib.metadata import version
+    from .pb_compat import pb_version
 
-    return version("pytest-benchmark")
+    return pb_version()
 
 
 def write_json_atomically(path: Path, data: dict, *, exclusive: bool = False) -> None:

@@ -10,7 +10,6 @@ and an interrupted run becomes the newest. The plugin therefore:
 - saves an incomplete run as ``incomplete_<name>.json``, outside the numbered sequence, so that
   ``--benchmark-compare``, ``pytest-benchmark compare 0001 0002`` and ``attnbench report`` never take it
   for the newest run;
-- writes ``--benchmark-json`` through :class:`AtomicJsonFile`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import re
 import time
 from pathlib import Path
 
-from .record import write_atomically, write_json_atomically
+from .record import write_json_atomically
 
 LOCK_NAME = ".attnbench.lock"
 INCOMPLETE_PREFIX = "incomplete_"
@@ -76,25 +75,3 @@ def save_numbered(directory: Path, name: str, data: dict, *, complete: bool) -> 
         except FileExistsError:
             continue  # another writer took that name between the listing and the link: take the next one
     raise RuntimeError(f"could not find a free run number in {directory}")
-
-
-class AtomicJsonFile:
-    """Stands in for the file pytest-benchmark writes ``--benchmark-json`` into: buffered, then written
-    in one step when closed, so no reader sees half a run."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._chunks: list[bytes] = []
-
-    def __enter__(self) -> AtomicJsonFile:
-        return self
-
-    def write(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            write_atomically(self.path, b"".join(self._chunks))
-
-    def __str__(self) -> str:
-        return str(self.path)

@@ -332,7 +332,7 @@ def test_benchmark_compare_sees_the_environment_but_not_the_gpu_samples():
 
 
 def test_benchmark_compare_refuses_an_incomplete_or_differently_timed_run(runs, tmp_path):
-    from pytest_benchmark.utils import get_machine_id
+    from attnbench.pb_compat import get_machine_id
 
     storage = tmp_path / "storage" / get_machine_id()
     storage.mkdir(parents=True)
