@@ -9,7 +9,8 @@ session object. How those look differs by release:
   ``save_json`` writes into it. It reads ``node._nodeid``, which pytest 9.2 removed: it cannot run there.
 - 5.3: ``--benchmark-json`` is a ``pathlib.Path``; ``save_json`` opens it when the run ends.
 
-Both keep the storage as ``session.storage`` (a ``FileStorage`` with ``path``, ``default_machine_id`` and
+The adapter tells the two ``--benchmark-json`` forms apart by what it is handed. Both keep the storage as
+``session.storage`` (a ``FileStorage`` with ``path``, ``default_machine_id`` and
 ``logger``) and call ``storage.save(output_json, name)``. For a release this module was not tested with it
 says so once and leaves pytest-benchmark's own saving in place rather than guessing.
 """
@@ -17,6 +18,7 @@ says so once and leaves pytest-benchmark's own saving in place rather than guess
 from __future__ import annotations
 
 from collections.abc import Callable
+from os import PathLike
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,6 @@ __all__ = ["TESTED_SERIES", "PerformanceRegression", "Stats", "generate_machine_
 
 # major.minor releases of pytest-benchmark this adapter was tested with (tests/test_pb_compat.py runs each)
 TESTED_SERIES = ("5.2", "5.3")
-_JSON_IS_OPEN_FILE = {"5.2": True, "5.3": False}
 _FIRST_PYTEST_WITHOUT_NODEID = (9, 2)  # pytest-benchmark 5.2 reads Node._nodeid, gone from this pytest on
 
 
@@ -74,14 +75,6 @@ def benchmarks_disabled(config: pytest.Config) -> bool:
     return bs is None or bool(bs.disabled)
 
 
-def json_path(config: pytest.Config) -> Path | None:
-    """The ``--benchmark-json`` path of this run, or None."""
-    value = config.getoption("benchmark_json", None)
-    if value is None:
-        return None
-    return Path(value.name) if hasattr(value, "name") else Path(value)
-
-
 def install_saving(config: pytest.Config, *, write_json: Callable[[Path, dict], None],
                    save_run: Callable[[Path, str, dict], Path] | None,
                    warn: Callable[[str], None]) -> bool:
@@ -99,10 +92,12 @@ def install_saving(config: pytest.Config, *, write_json: Callable[[Path, dict], 
              "attnbench's atomic writes, storage lock and incomplete-run naming")
         return False
     if bs.json:
-        path = Path(bs.json.name) if _JSON_IS_OPEN_FILE[pb_series] else Path(bs.json)
-        if _JSON_IS_OPEN_FILE[pb_series]:
-            bs.json.close()  # opened by the option parser; the run is written in one step instead
-        bs.save_json = lambda output_json: write_json(path, output_json)
+        path = _json_target(bs.json)
+        if path is None:
+            warn(f"attnbench: pytest-benchmark {pytest_benchmark.__version__} holds --benchmark-json as "
+                 f"{type(bs.json).__name__}, neither a file nor a path; it writes that file itself")
+        else:
+            bs.save_json = lambda output_json: write_json(path, output_json)
     if save_run is not None and (bs.save or bs.autosave) and isinstance(bs.storage, FileStorage):
         storage = bs.storage
 
@@ -113,6 +108,17 @@ def install_saving(config: pytest.Config, *, write_json: Callable[[Path, dict], 
 
         storage.save = save
     return True
+
+
+def _json_target(value) -> Path | None:
+    """Where ``--benchmark-json`` goes: 5.2 hands an open file (closed here: the run is written in one step
+    instead), 5.3 a path."""
+    if isinstance(value, (str, PathLike)):
+        return Path(value)
+    if hasattr(value, "write") and isinstance(getattr(value, "name", None), str):
+        value.close()
+        return Path(value.name)
+    return None
 
 
 def file_storage_path(config: pytest.Config) -> Path | None:
