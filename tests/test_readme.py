@@ -27,4 +27,6 @@ def test_readme_states_the_commands_ci_and_users_run():
     text = README.read_text()
     for command in ("pip install torch==2.13.0", "pytest benchmarks --benchmark-autosave", "\npytest\n"):
         assert command in text, f"README.md must show {command.strip()!r}"
-    assert "python -m pytest" in (README.parent / ".ci" / "run").read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert '"$venv/bin/pytest")' in ci, ".ci/run's newest lane must run the README's test command, `pytest`"
+    assert '"$PYTHON" -m venv' in ci, ".ci/run must make a new virtual environment for each lane"
