@@ -31,7 +31,7 @@ from .compare import (
     environment_mismatches,
 )
 from .grid import parse_factor, parse_percent
-from .record import Run, RunError, load
+from .record import Run, RunError, load, output_is_an_input
 
 EXIT_OK, EXIT_REGRESSION, EXIT_CANNOT_JUDGE, EXIT_OUTPUT_ERROR = 0, 1, 2, 3
 
@@ -125,6 +125,12 @@ def judge(args) -> tuple[int, str]:
             f"no cells in common between {args.baseline} ({len(baseline.cells)} cells) and {args.current} "
             f"({len(current.cells)} cells); run the same grid (--attn-* options) for both"
         )
+    if comparison.benchmarks_compared == 0 and not comparison.regressions:
+        raise CannotJudge(
+            f"no benchmark was measured in both runs ({comparison.cells_compared} cells in common, none of them "
+            f"timed in both: {_statuses(baseline)} in the baseline, {_statuses(current)} in the current run); "
+            "nothing was judged"
+        )
     code = EXIT_REGRESSION if comparison.regressions else EXIT_OK
     headline = (f"{len(comparison.regressions)} regression(s), {len(comparison.improvements)} improvement(s)"
                 if comparison.regressions or comparison.improvements else "no change beyond the thresholds")
@@ -152,6 +158,11 @@ def run(args) -> int:
     """Entry point of ``attnbench gate``."""
     summary = None
     if args.summary is not None:
+        clash = output_is_an_input(args.summary, [args.baseline, args.current])
+        if clash is not None:
+            print(f"attnbench gate: --summary {args.summary} is the run {clash}: the summary would be appended to "
+                  "it; write the summary elsewhere", file=sys.stderr)
+            return EXIT_CANNOT_JUDGE
         try:
             summary = open(args.summary, "a")  # opened first: a summary that cannot be written is no verdict
         except OSError as exc:
@@ -188,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     return args.run(args)
+
+
+def _statuses(run_) -> str:
+    counts: dict[str, int] = {}
+    for rec in run_.cells.values():
+        counts[rec.status] = counts.get(rec.status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
 # -- rendering

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from .compare import environment_mismatches
-from .record import CellRecord, Run, RunError, ShardMachine, load, merged_run, parse, write_json_atomically
+from .record import (CellRecord, Run, RunError, ShardMachine, load, merged_run, output_is_an_input, parse,
+                     write_json_atomically)
 
 EXIT_OK, EXIT_CANNOT_MERGE, EXIT_OUTPUT_ERROR = 0, 2, 3
 #: cells named in a message, at most.
@@ -194,6 +195,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Entry point of ``attnbench merge``."""
+    clash = output_is_an_input(args.output, args.shards)
+    if clash is not None:
+        print(f"attnbench merge: -o {args.output} is the shard {clash}: merging would overwrite it; write the merged "
+              "run elsewhere", file=sys.stderr)
+        return EXIT_CANNOT_MERGE
     try:
         runs = [load(path, "shard") for path in args.shards]
         merged = merge(runs)

@@ -22,6 +22,9 @@ import torch
 
 PLANT_ENV = "ATTNBENCH_PLANT"
 FORMS = "slow:VARIANT:FRACTION, extra_nxn:VARIANT or wrong:VARIANT:REL"
+#: the most a plant may add or get wrong: a slowdown of 100x its median, an output 100x off; past that a plant
+#: only stalls the run (slow:...:1e308 would spin for ever)
+MAX_AMOUNT = {"slow": 100.0, "wrong": 100.0}
 
 
 @dataclass
@@ -65,8 +68,17 @@ class Plant:
         return slowed
 
 
-def parse_plants(text: str | None) -> dict[str, Plant]:
-    """``ATTNBENCH_PLANT`` -> {variant: Plant}; empty when unset; ValueError naming the forms otherwise."""
+def parse_plants(text: str | None, variants=None) -> dict[str, Plant]:
+    """``ATTNBENCH_PLANT`` -> {variant: Plant}; empty when unset; ValueError naming the forms otherwise, and naming
+    the registered variants when one that is not among ``variants`` is planted (a typo would plant nothing)."""
+    plants = _parse(text)
+    unknown = sorted(set(plants) - set(variants)) if variants is not None else []
+    if unknown:
+        raise ValueError(f"{PLANT_ENV}: no variant named {', '.join(unknown)}; the variants: {', '.join(variants)}")
+    return plants
+
+
+def _parse(text: str | None) -> dict[str, Plant]:
     plants: dict[str, Plant] = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         parts = item.split(":")
@@ -75,9 +87,9 @@ def parse_plants(text: str | None) -> dict[str, Plant]:
                 amount = float(parts[2])
             except ValueError:
                 amount = float("nan")
-            if not amount > 0 or amount == float("inf"):
+            if not 0 < amount <= MAX_AMOUNT[parts[0]]:
                 raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; {parts[0].upper()} amount must be a positive "
-                                 f"number; expected {FORMS}")
+                                 f"number of at most {MAX_AMOUNT[parts[0]]:g}; expected {FORMS}")
             setattr(plants.setdefault(parts[1], Plant()), parts[0], amount)
         elif parts[0] == "extra_nxn" and len(parts) == 2:
             plants.setdefault(parts[1], Plant()).extra_nxn = True

@@ -143,10 +143,12 @@ def _plants() -> dict:
     text = os.environ.get("ATTNBENCH_PLANT")
     if not text:
         return {}
+    from attention_impls import VARIANTS
+
     from .plants import parse_plants
 
     try:
-        return parse_plants(text)
+        return parse_plants(text, variants=list(VARIANTS))
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
 

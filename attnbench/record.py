@@ -27,6 +27,7 @@ import gzip
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -477,6 +478,7 @@ def write_atomically(path: Path, content: bytes, *, exclusive: bool = False) -> 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; the file gets the mode any new or replaced file would
         with os.fdopen(fd, "wb") as out:
             out.write(content)
             out.flush()
@@ -488,6 +490,29 @@ def write_atomically(path: Path, content: bytes, *, exclusive: bool = False) -> 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of the file being replaced, or what the umask gives a new file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def output_is_an_input(output: Path, inputs) -> Path | None:
+    """The input that ``output`` would overwrite (the same file, by path or by inode), or None."""
+    output = Path(output)
+    for given in inputs:
+        given = Path(given)
+        try:
+            if output.resolve() == given.resolve() or (output.exists() and os.path.samefile(output, given)):
+                return given
+        except OSError:
+            continue
+    return None
 
 
 def _unserializable(value) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import render
 from .grid import NO_MASK
-from .record import DEFAULT_STORAGE, TIMED_STATUSES, CellRecord, Run, RunError, load, newest_run
+from .record import (DEFAULT_STORAGE, TIMED_STATUSES, CellRecord, Run, RunError, load, newest_run,
+                     output_is_an_input)
 
 MIB = 2**20
 #: n×n tensors kept for backward as the seed write-up claims them (its "Memory Comparison" table).
@@ -547,6 +548,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     # every output place is checked before anything is written: no half-written report
     problems = []
+    if args.output is not None and output_is_an_input(args.output, [run_obj.path]) is not None:
+        print(f"attnbench report: --output {args.output} is the run being reported; write the report elsewhere",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.output is not None:
         if args.output.is_dir():
             problems.append(f"--output {args.output} is a directory, expected a file")

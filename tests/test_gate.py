@@ -405,3 +405,36 @@ def test_in_run_compare_fail_gives_a_verdict_line_not_a_traceback(runs, tmp_path
     assert "Traceback" not in run.output, run.output[-3000:]
     assert (run.returncode == 1) == fails, f"exit {run.returncode}:\n{run.output[-3000:]}"
     assert ("FAIL: performance has regressed" in run.output) == fails, run.output[-3000:]
+
+
+# -- nothing judged unseen, nothing overwritten
+
+
+def _every_cell(status: str, message: str):
+    def edit(data: dict) -> None:
+        data["benchmarks"] = []
+        for record in data["attnbench"]["cells"]:
+            record.update(status=status, message=message)
+            record.pop("passes", None)
+    return edit
+
+
+@pytest.mark.parametrize(("base_status", "cur_status"), [("skipped", "failed"), ("failed", "failed"),
+                                                         ("skipped", "skipped")])
+def test_runs_with_no_benchmark_timed_in_both_cannot_be_judged(runs, capsys, tmp_path, base_status, cur_status):
+    base = edited_copy(runs.baseline, tmp_path / "base.json", _every_cell(base_status, "edited for the test"))
+    cur = edited_copy(runs.baseline, tmp_path / "cur.json", _every_cell(cur_status, "edited for the test"))
+    code, out, err = run_gate(capsys, base, cur)
+    assert code == 2, f"a gate that compared nothing must not say OK; got {code}:\n{out}{err}"
+    assert "no benchmark was measured in both runs" in err and cur_status in err, err
+
+
+@pytest.mark.parametrize("which", ["baseline", "current"])
+def test_a_summary_onto_a_run_is_refused_and_the_run_kept(runs, capsys, tmp_path, which):
+    base = edited_copy(runs.baseline, tmp_path / "base.json", lambda d: None)
+    cur = edited_copy(runs.again, tmp_path / "cur.json", lambda d: None)
+    target = base if which == "baseline" else cur
+    before = target.read_bytes()
+    code, _, err = run_gate(capsys, base, cur, "--summary", target)
+    assert code == 2 and "--summary" in err and "write the summary elsewhere" in err, err
+    assert target.read_bytes() == before, f"the {which} run was changed"

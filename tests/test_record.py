@@ -408,3 +408,17 @@ def test_a_saved_run_holds_only_keys_the_record_writes(tiny):
     for c in data["attnbench"]["cells"]:
         assert set(c) <= set(record.CELL_KEYS), sorted(set(c) - set(record.CELL_KEYS))
         assert cell_key(c) in {cell_key(b["params"]) for b in data["benchmarks"]}
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_new_one_gets_the_umask(tmp_path):
+    kept = tmp_path / "kept.json"
+    kept.write_text("{}")
+    os.chmod(kept, 0o644)
+    record.write_json_atomically(kept, {"a": 1})
+    assert kept.stat().st_mode & 0o777 == 0o644, oct(kept.stat().st_mode)
+    old = os.umask(0o027)
+    try:
+        record.write_json_atomically(tmp_path / "new.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640, "a new file should get 0666 less the umask"

@@ -453,3 +453,11 @@ def test_a_bad_ratio_is_exit_2_naming_what_is_expected(capsys, args, message):
         code = exc.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_report_onto_its_own_run_is_refused_and_the_run_kept(run_json, tmp_path, capsys):
+    run = tmp_path / "run.json"
+    run.write_bytes(run_json.read_bytes())
+    code, _, err = report_fails(capsys, run, "-o", run)
+    assert code == 2 and "is the run being reported" in err, err
+    assert run.read_bytes() == run_json.read_bytes(), "the run was overwritten"

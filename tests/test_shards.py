@@ -516,3 +516,11 @@ def test_attnbench_run_passes_shard_by_to_every_shard():
         command = pytest_command(Shard(index, 2, "cuda", gpu=str(index - 1), json_path=Path(f"s{index}.json")),
                                  ["--attn-shard-by", "shape"])
         assert command[-2:] == ["--attn-shard-by", "shape"] and f"--attn-shard={index}/2" in command, command
+
+
+def test_merge_onto_one_of_its_shards_is_refused_and_the_shard_kept(shards, capsys, tmp_path):
+    first = tmp_path / "first.json"
+    first.write_bytes(shards[0].read_bytes())
+    code, _, err = tool(capsys, "merge", first, *shards[1:], "-o", first)
+    assert code == 2 and "merging would overwrite it" in err, err
+    assert first.read_bytes() == shards[0].read_bytes(), "the shard was overwritten"

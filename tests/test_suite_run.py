@@ -302,6 +302,18 @@ def test_parse_plants_rejects_naming_the_forms(text):
         parse_plants(text)
 
 
+@pytest.mark.parametrize("text", ["slow:naive:1e308", "wrong:naive:1e9", "slow:naive:inf"])
+def test_a_plant_past_its_limit_is_refused(text):
+    with pytest.raises(ValueError, match="at most 100"):
+        parse_plants(text)
+
+
+def test_a_plant_in_a_variant_that_does_not_exist_is_refused_naming_the_variants():
+    with pytest.raises(ValueError, match="no variant named nonexistent; the variants: naive, tiled"):
+        parse_plants("slow:nonexistent:1.0", variants=["naive", "tiled"])
+    assert parse_plants("slow:naive:1.0", variants=["naive", "tiled"]) == {"naive": Plant(slow=1.0)}
+
+
 def test_cpu_cell_is_predicted_against_available_ram(monkeypatch):
     cell = Cell(variant="naive", seq_len=4096, head_dim=64, batch=8, heads=4, dtype="fp32", causal=False,
                 device="cpu")
