@@ -7,6 +7,8 @@ import math
 import torch
 
 from attention_impls import reference
+from attention_impls.reference import plain_yardstick
+from attention_impls.registry import expand_kv, softmax_scale, visible_mask
 
 #: a variant may be this many times worse than the plain same-precision computation ...
 OUT_ERROR_MULTIPLE = 2.0
@@ -54,18 +56,20 @@ def check_close(
     name: str,
     got: torch.Tensor,
     want: torch.Tensor,
-    plain: torch.Tensor,
+    plain: torch.Tensor | list[torch.Tensor],
     multiple: float,
     scale: float,
     *,
     bound_factor: float = 1.0,
 ) -> None:
     """Assert |got - want| <= bound_factor * (multiple * |plain - want| + floor) (max norms), with a message
-    that says why; ``bound_factor`` > 1 only for a kernel we do not own, measured to need it."""
+    that says why; ``plain`` one plain result or several (the largest error counts); ``bound_factor`` > 1 only
+    where measured to be needed."""
     assert torch.isfinite(got).all(), f"{name}: non-finite values"
     want = want.double()
     err = (got.double() - want).abs().max().item()
-    plain_err = (plain.double() - want).abs().max().item()
+    plains = plain if isinstance(plain, (list, tuple)) else [plain]
+    plain_err = max((p.double() - want).abs().max().item() for p in plains)
     floor = FLOOR_ULPS * torch.finfo(got.dtype).eps * scale
     bound = bound_factor * (multiple * plain_err + floor)
     factor = f"{bound_factor}x (" if bound_factor != 1.0 else "("
@@ -73,6 +77,54 @@ def check_close(
         f"{name}: max error {err:.3g} vs float64 reference exceeds {factor}{multiple}x the plain "
         f"same-precision error {plain_err:.3g} + floor {floor:.3g})"
     )
+
+
+class _PlainBase2(torch.autograd.Function):
+    """The plain computation the way flash kernels round it: scores scaled by softmax_scale * log2(e) in fp32,
+    exp2 against a base-2 log-sum-exp, P recomputed from it in the backward, D = rowsum(dO * O)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool):
+        scores = _base2_scores(q, k, causal)
+        row_max = scores.amax(dim=-1, keepdim=True)
+        lse2 = row_max + torch.log2(torch.exp2(scores - row_max).sum(dim=-1, keepdim=True))
+        out = torch.exp2(scores - lse2).to(q.dtype) @ v
+        ctx.save_for_backward(q, k, v, out, lse2)
+        ctx.causal = causal
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse2 = ctx.saved_tensors
+        probs = torch.exp2(_base2_scores(q, k, ctx.causal) - lse2)
+        grad_probs = (grad_out @ v.transpose(-2, -1)).float()
+        delta = (grad_out.float() * out.float()).sum(dim=-1, keepdim=True)
+        grad_scores = (probs * (grad_probs - delta)).to(q.dtype) * softmax_scale(q.shape[-1])
+        return grad_scores @ k, grad_scores.transpose(-2, -1) @ q, probs.to(v.dtype).transpose(-2, -1) @ grad_out, None
+
+
+def _base2_scores(q, k, causal: bool) -> torch.Tensor:
+    scores = (q @ k.transpose(-2, -1)).float() * (softmax_scale(q.shape[-1]) * math.log2(math.e))
+    visible = visible_mask(q, k, causal)
+    return scores if visible is None else scores.masked_fill(~visible, float("-inf"))
+
+
+def plain_base2(q, k, v, *, causal: bool = False) -> torch.Tensor:
+    """:class:`_PlainBase2` (GQA by expanding k and v): as plain as the base-e yardstick, rounded elsewhere."""
+    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+    return _PlainBase2.apply(q, k, v, causal)
+
+
+def plain_yardsticks(variant, causal: bool) -> list:
+    """The plain computations a variant is judged against; check_close takes the largest of their errors.
+
+    One plain computation's error is one draw of fp32's round-off: on peaky logits two equally plain
+    computations, base e and base 2, differ severalfold (tests/test_correctness.py has a measured draw), so a
+    variant that keeps only O and the LSE is judged against both."""
+    sticks = [plain_yardstick(variant, causal)]
+    if variant.nxn_saved(causal, None) == 0:
+        sticks.append(plain_base2)
+    return sticks
 
 
 def reference_forward_backward(q, k, v, grad_out, *, causal: bool):
