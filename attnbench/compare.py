@@ -151,7 +151,7 @@ def compare_memory(cell: str, before: dict, after: dict, *, threshold_pct: float
 def compare_accuracy(cell: str, before: Accuracy, after: Accuracy, *, factor: float) -> list[Finding]:
     """Each result tensor whose max error grew (or shrank) by more than ``factor``.
 
-    Errors below the cell's floor count as the floor, so a move between two round-off-sized errors (or from
+    Errors below the tensor's floor count as the floor, so a move between two round-off-sized errors (or from
     an exact zero) is not a finding; an error that became NaN/Inf regresses.
     """
     findings = []
@@ -165,7 +165,7 @@ def compare_accuracy(cell: str, before: Accuracy, after: Accuracy, *, factor: fl
                 findings.append(Finding(cell, metric, _error_text(b), _error_text(a),
                                         regression=a.max_abs_error is None, improvement=b.max_abs_error is None))
             continue
-        floor = max(before.floor, after.floor)
+        floor = max(before.floor_of(name), after.floor_of(name))
         grown, was = max(a.max_abs_error, floor), max(b.max_abs_error, floor)
         if grown > factor * was or was > factor * grown:
             findings.append(Finding(cell, metric, b.max_abs_error, a.max_abs_error, regression=grown > factor * was,

@@ -82,7 +82,9 @@ SHARD_KEYS = ("index", "count", "grid_cells", "partition_memory_bytes")
 #: keys of a cell's ``accuracy`` record, and of each of its tensors' (attnbench.accuracy).
 ACCURACY_KEYS = ("plain_fits", "floor", "tensors")
 TENSOR_ERROR_KEYS = ("max_abs_error", "rel_rms_error", "plain_max_abs_error", "bound", "nan_count", "inf_count",
-                     "ref_max_abs")
+                     "ref_max_abs", "floor")
+#: tensor-error keys that runs saved before them do not hold: left out when None
+_OPTIONAL_TENSOR_KEYS = ("ref_max_abs", "floor")
 #: keys of machine_info.attnbench.env.
 ENV_KEYS = ("device", "gpu_name", "driver", "cuda", "torch", "triton", "python", "gpu_memory_bytes", "sm_count")
 #: keys of machine_info.attnbench: the environment, which GPU measured (its UUID and the process's
@@ -350,7 +352,7 @@ def accuracy_section(acc: Accuracy) -> dict:
     """A cell's ``accuracy``: whether the plain computation fitted, the floor, and each tensor's errors."""
     return {"plain_fits": acc.plain_fits, "floor": acc.floor,
             "tensors": {name: {k: getattr(t, k) for k in TENSOR_ERROR_KEYS if getattr(t, k) is not None
-                               or k != "ref_max_abs"} for name, t in acc.tensors.items()}}
+                               or k not in _OPTIONAL_TENSOR_KEYS} for name, t in acc.tensors.items()}}
 
 
 def run_section(*, preset: str, timing: Timing, plants: dict, complete: bool, stop_reason: str,
@@ -866,10 +868,10 @@ class _Reader:
             plain = t.get("plain_max_abs_error")
             plain = None if plain is None else self.number(entry, f"{where}.plain_max_abs_error", plain)
             bound = self.number(entry, f"{where}.bound", t.get("bound"))
-            ref = t.get("ref_max_abs")
-            ref = None if ref is None else self.number(entry, f"{where}.ref_max_abs", ref)
+            optional = {k: None if t.get(k) is None else self.number(entry, f"{where}.{k}", t[k])
+                        for k in _OPTIONAL_TENSOR_KEYS}
             tensors[name] = TensorError(errors["max_abs_error"], errors["rel_rms_error"], plain, bound, **counts,
-                                        ref_max_abs=ref)
+                                        **optional)
         return Accuracy(tensors, fields["plain_fits"], floor)
 
     def benchmarks(self, cells: dict[str, CellRecord], device: str) -> int:
@@ -923,12 +925,12 @@ def _plain_accuracy(fields) -> Accuracy | None:
     if not all(type(t) is dict for t in tensors):
         return None
     figures = [fields.get("floor"), *(t.get(k) for t in tensors for k in ("max_abs_error", "rel_rms_error", "bound")),
-               *(t[k] for t in tensors for k in ("plain_max_abs_error", "ref_max_abs") if t.get(k) is not None)]
+               *(t[k] for t in tensors for k in ("plain_max_abs_error", *_OPTIONAL_TENSOR_KEYS) if t.get(k) is not None)]
     counts = [t.get(k) for t in tensors for k in ("nan_count", "inf_count")]
     if not (_plain_numbers(figures) and _plain_numbers(counts, integer=True)):
         return None
     return Accuracy({name: TensorError(t["max_abs_error"], t["rel_rms_error"], t.get("plain_max_abs_error"), t["bound"],
-                                       t["nan_count"], t["inf_count"], t.get("ref_max_abs"))
+                                       t["nan_count"], t["inf_count"], t.get("ref_max_abs"), t.get("floor"))
                      for name, t in zip(TENSORS, tensors)},
                     fields["plain_fits"], fields["floor"])
 

@@ -114,6 +114,83 @@ def test_the_floor_scales_with_the_dtype_and_the_problem():
                                        rel=0.5)
 
 
+HALF = [torch.bfloat16, torch.float16]
+
+
+def half_cases():
+    """Every variant that runs on CPU in half precision, on small shapes: plain, causal, GQA, a mask."""
+    from attention_impls import masks
+
+    shapes = [(64, 16, False, 2, None), (97, 64, True, 2, None), (128, 32, False, 1, None), (33, 8, False, 2, None),
+              (128, 64, True, 2, masks.sliding_window(16))]
+    for dtype in HALF:
+        for name, variant in VARIANTS.items():
+            if variant.unavailable_reason("cpu", dtype) or name in ("compiled", "flex"):
+                continue  # compiled/flex: a graph per shape, checked in test_masks.py
+            for seq, head_dim, causal, heads_kv, mask in shapes:
+                if variant.support_reason(mask, heads=2, heads_kv=heads_kv) or variant.check_head_dim(head_dim):
+                    continue
+                dtype_name = str(dtype).removeprefix("torch.")
+                yield pytest.param(name, dtype, seq, head_dim, causal, heads_kv, mask,
+                                   id=f"{name}-{dtype_name}-s{seq}-d{head_dim}-{'causal' if causal else 'full'}"
+                                      f"-kv{heads_kv}{'-' + type(mask).__name__ if mask else ''}")
+
+
+@pytest.mark.parametrize(("name", "dtype", "seq", "head_dim", "causal", "heads_kv", "mask"), list(half_cases()))
+def test_half_precision_bound_passes_right_variants_and_catches_a_3_percent_error(name, dtype, seq, head_dim, causal,
+                                                                                   heads_kv, mask):
+    """In fp16 and bf16 the floor follows each tensor's own magnitude: a right variant is within its bound, an
+    output 3% off, all zeros or NaN is wrong (with the problem-scale floor alone, 30% off passed in bf16)."""
+    from attention_impls.reference import plain_yardstick
+
+    variant = VARIANTS[name]
+    g = torch.Generator().manual_seed(seq + head_dim)
+    q = torch.randn(1, 2, seq, head_dim, generator=g).to(dtype)
+    k, v = (torch.randn(1, heads_kv, seq, head_dim, generator=g).to(dtype) for _ in range(2))
+    grad_out = torch.randn(1, 2, seq, head_dim, generator=g).to(dtype)
+
+    def measure(planted):
+        def attention(q, k, v):
+            return planted(variant.fn(q, k, v, causal=causal, mask=mask))
+
+        return accuracy.measure(attention, q, k, v, grad_out, causal=causal, plain_fits=True,
+                                yardstick=plain_yardstick(variant, causal, mask), mask=mask)
+
+    right = measure(lambda out: out)
+    assert right.wrong == [], f"{name}: {right.describe_wrong()}"
+    for planted, what in ((lambda out: out * 1.03, "3% off"), (lambda out: out * 0, "zeros"),
+                          (lambda out: out * float("nan"), "NaN")):
+        acc = measure(planted)
+        assert "out" in acc.wrong, f"{name} {what}: out passed ({acc.tensors['out']})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fp32_and_fp64_floors_are_those_of_the_problem_scale(dtype):
+    """Where the problem-scale term is the larger (fp32, fp64), every tensor's floor is the one it always was:
+    FLOOR_ULPS ulps of the problem's largest magnitude."""
+    q, k, v, grad_out = qkv(dtype=dtype)
+    acc = accuracy.measure(attention_of("naive"), q, k, v, grad_out, causal=False, plain_fits=True)
+    scale = max(t.abs().max().item() for t in (q, k, v, grad_out))
+    for name, t in acc.tensors.items():
+        assert t.floor == acc.floor >= accuracy.FLOOR_ULPS * torch.finfo(dtype).eps * scale, name
+
+
+def test_half_precision_floors_follow_each_tensor():
+    q, k, v, grad_out = qkv(dtype=torch.bfloat16)
+    acc = accuracy.measure(attention_of("naive"), q, k, v, grad_out, causal=False, plain_fits=True)
+    eps = torch.finfo(torch.bfloat16).eps
+    for name, t in acc.tensors.items():
+        assert t.floor == pytest.approx(max(eps * t.ref_max_abs, accuracy.FLOOR_ULPS * 2**-23 * 4), rel=0.5), name
+        assert t.floor < 0.02 * t.ref_max_abs, f"{name}: the floor alone would pass a 2% error"
+    assert acc.floor == max(t.floor for t in acc.tensors.values())
+
+
+def test_a_run_saved_before_per_tensor_floors_reads_with_the_cell_floor():
+    t = accuracy.TensorError(1e-3, 1e-3, 1e-3, 5e-3, ref_max_abs=None, floor=None)
+    acc = accuracy.Accuracy({name: t for name in accuracy.TENSORS}, True, 2e-3)
+    assert acc.floor_of("out") == 2e-3
+
+
 # -- through the suite
 
 
