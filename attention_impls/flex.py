@@ -3,7 +3,8 @@
 On CUDA the call is ``torch.compile(flex_attention, dynamic=False)``: Inductor generates a fused kernel that
 skips the key blocks the block mask marks empty. The block mask (``create_block_mask`` of a ``mask_mod`` made
 from the spec, causal AND-ed) is built by :func:`prepare`, which the benchmark runs and times once per cell
-outside the timed calls; later calls find it in a small cache keyed by (mask, causal, seq_len, device).
+outside the timed calls; later calls find it in a small cache keyed by everything it depends on: (mask, causal, seq_q, seq_k,
+device); it broadcasts over batch and heads (``create_block_mask(..., B=None, H=None)``).
 
 On CPU, torch 2.13's ``flex_attention`` refuses inputs that require grad ("FlexAttention does not support
 backward on CPU"), so this variant runs FlexAttention's own eager path there: the same higher-order op with
@@ -44,22 +45,28 @@ def mask_mod(mask: masks.MaskSpec | None, causal: bool, device: torch.device | s
     return visible
 
 
+#: Inductor's FlexAttention lowering on CUDA: ``tl.dot`` needs every dimension >= 16.
+MIN_CUDA_HEAD_DIM = 16
+
+
 @functools.lru_cache(maxsize=BLOCK_MASK_CACHE_SIZE)
-def _block_mask(mask: masks.MaskSpec | None, causal: bool, seq_len: int, device: str):
-    return create_block_mask(mask_mod(mask, causal, device), None, None, seq_len, seq_len, device=device)
+def _block_mask(mask: masks.MaskSpec | None, causal: bool, seq_q: int, seq_k: int, device: str):
+    """The block mask of (mask, causal) for seq_q queries and seq_k keys; batch and heads broadcast."""
+    return create_block_mask(mask_mod(mask, causal, device), None, None, seq_q, seq_k, device=device)
 
 
 def prepare(seq_len: int, causal: bool, mask: masks.MaskSpec | None, device: torch.device | str):
     """Build the cell's block mask and keep it for the cell's calls; the benchmark times this once, apart
     from the calls (the cache is emptied first, so the time is a build, never a cache hit)."""
     _block_mask.cache_clear()
-    return _block_mask_for(seq_len, causal, mask, device)
+    return block_mask_for(seq_len, seq_len, causal, mask, device)
 
 
-def _block_mask_for(seq_len: int, causal: bool, mask: masks.MaskSpec | None, device: torch.device | str):
+def block_mask_for(seq_q: int, seq_k: int, causal: bool, mask: masks.MaskSpec | None, device: torch.device | str):
+    """The block mask a call with these lengths uses (cached), or None where flex_attention needs none."""
     device = str(torch.device(device))
     if device == "cpu" or causal or mask is not None:
-        return _block_mask(mask, causal, seq_len, device)
+        return _block_mask(mask, causal, seq_q, seq_k, device)
     return None  # unmasked on CUDA: flex_attention's own empty block mask, nothing to build
 
 
@@ -80,7 +87,7 @@ def _eager_flex(q, k, v, block_mask):
 def flex_attention_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                            mask=None) -> torch.Tensor:
     """FlexAttention with the spec's block mask (causal AND-ed) and enable_gqa."""
-    block_mask = _block_mask_for(q.shape[2], causal, mask, q.device)
+    block_mask = block_mask_for(q.shape[2], k.shape[2], causal, mask, q.device)
     if q.device.type == "cpu":
         return _eager_flex(q, k, v, block_mask)
     with without_recompile_limit():
@@ -107,6 +114,14 @@ def _unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+def _shape_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask=None) -> str | None:
+    """The compiled kernel's limits (CUDA only: the CPU eager path takes every shape)."""
+    if q.device.type == "cuda" and q.shape[-1] < MIN_CUDA_HEAD_DIM:
+        return (f"flex on CUDA needs head_dim >= {MIN_CUDA_HEAD_DIM} (Inductor's FlexAttention kernel), "
+                f"got {q.shape[-1]}")
+    return None
+
+
 register(
     "flex",
     saved_nxn=0,
@@ -117,6 +132,7 @@ register(
     dtypes=FLOAT_DTYPES,
     availability=_unavailable_reason,
     prepare=prepare,
+    shape_check=_shape_reason,
     compiles_on=frozenset({"cuda"}),  # CPU runs the eager path
     description="FlexAttention (torch.compile on CUDA; eager on CPU), block mask built once per cell, enable_gqa",
 )(flex_attention_variant)

@@ -1,4 +1,4 @@
-"""``attnbench`` command line: report, oom, gate, history, variants, precompile, merge, run, cp."""
+"""``attnbench`` command line: report, oom, gate, history, variants, precompile, merge, run, cp, crosscheck."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="attention benchmark tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from . import cp, gate, history, launch, merge, oom, precompile, report, variants
+    from . import cp, crosscheck, gate, history, launch, merge, oom, precompile, report, variants
 
     report.add_arguments(sub.add_parser("report", help="markdown tables (and plots) from a saved run"))
     oom.add_arguments(sub.add_parser("oom", help="largest seq_len that fits, per variant, on a GPU"))
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_arguments(sub.add_parser("merge", help="merge the runs of a grid's shards into one run"))
     launch.add_arguments(sub.add_parser("run", help="run the suite in shards, one pytest process per GPU, and merge"))
     cp.add_arguments(sub.add_parser("cp", help="ring attention across GPUs (torchrun): time, memory, comm, efficiency"))
+    crosscheck.add_arguments(sub.add_parser("crosscheck", help="a saved run's medians against triton.testing.do_bench "
+                                                               "on this GPU"))
     return parser
 
 

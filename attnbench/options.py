@@ -41,6 +41,16 @@ def parse_timing(text: str) -> str:
     return text
 
 
+L2_MODES = ("flush", "warm")
+
+
+def parse_l2(text: str) -> str:
+    """What the GPU's L2 cache holds when a timed round starts: flush or warm."""
+    if text not in L2_MODES:
+        raise argparse.ArgumentTypeError(f"unknown L2 mode {text!r}; allowed: {', '.join(L2_MODES)}")
+    return text
+
+
 def parse_on_off(text: str) -> str:
     """'on' or 'off'."""
     if str(text).lower() not in ("on", "off"):
@@ -71,6 +81,10 @@ VALUE_OPTIONS = [
     ("timing", parse_timing, "MODE",
      f"{', '.join(TIMING_MODES)}: the GPU's execution (host launches hidden), host wall clock with a "
      f"synchronize (launches included), or CUDA-graph replay (default: {DEFAULT_TIMING})"),
+    ("l2", parse_l2, "flush|warm",
+     "CUDA: flush the GPU's L2 cache before every timed call (a buffer twice its size written between the "
+     "round's untimed setup and the call, as triton.testing.do_bench does), or leave it warm from the round "
+     "before (default: flush on CUDA; CPU has nothing to flush)"),
     ("accuracy", parse_on_off, "on|off",
      "measure every cell's output and gradient errors against a float64 reference (outside the timed region); "
      f"a cell past its bound is wrong and fails the run (default: {DEFAULT_ACCURACY})"),
@@ -89,11 +103,15 @@ VALUE_OPTIONS = [
 ]
 # (name, help): flags, off by default.
 FLAG_OPTIONS = [
-    ("flush-l2", "before every timed round, write a buffer twice the GPU's L2 cache, as "
-                 "triton.testing.do_bench does (CUDA only; default: off)"),
+    ("flush-l2", "the same as --attn-l2 flush, the default on CUDA (kept for older command lines)"),
     ("timing-check", "also time every CUDA benchmark with plain CUDA events and save it as "
                      "extra_info.event_median_s (default: off)"),
 ]
+
+
+#: what a flag's ini twin may say (pytest's own spellings of a boolean)
+INI_BOOLEANS = {"": False, "false": False, "0": False, "no": False, "off": False, "n": False, "f": False,
+                "true": True, "1": True, "yes": True, "on": True, "y": True, "t": True}
 
 
 def dest(name: str) -> str:
@@ -108,7 +126,7 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(dest(name), help=help_text.replace("%%", "%"), type="string", default="")
     for name, help_text in FLAG_OPTIONS:
         group.addoption(f"--attn-{name}", dest=dest(name), action="store_true", default=None, help=help_text)
-        parser.addini(dest(name), help=help_text, type="bool", default=False)
+        parser.addini(dest(name), help=help_text, type="string", default="")  # parsed by resolve(), naming the key
 
 
 def resolve(config: pytest.Config) -> dict:
@@ -126,5 +144,11 @@ def resolve(config: pytest.Config) -> dict:
         values[name] = value
     for name, _ in FLAG_OPTIONS:
         value = config.getoption(dest(name))
-        values[name] = bool(config.getini(dest(name))) if value is None else value
+        if value is None:
+            raw = config.getini(dest(name)).strip().lower()
+            if raw not in INI_BOOLEANS:
+                raise pytest.UsageError(f"ini option {dest(name)} = {raw!r} is not a boolean; allowed: "
+                                        f"{', '.join(k for k in INI_BOOLEANS if k)} (empty: false)")
+            value = INI_BOOLEANS[raw]
+        values[name] = value
     return values

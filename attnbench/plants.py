@@ -10,6 +10,7 @@ A plant names a variant and what to do to it::
     extra_nxn:VARIANT       the forward keeps one more n×n tensor for backward
     wrong:VARIANT:REL       the output (and so every gradient) is off by the relative error REL, what a
                             log-sum-exp off by REL does to a flash kernel
+    broken:VARIANT:HOW      the output is all zeros (HOW = zeros) or all NaN (HOW = nan), its gradients with it
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 import torch
 
 PLANT_ENV = "ATTNBENCH_PLANT"
-FORMS = "slow:VARIANT:FRACTION, extra_nxn:VARIANT or wrong:VARIANT:REL"
+FORMS = "slow:VARIANT:FRACTION, extra_nxn:VARIANT, wrong:VARIANT:REL or broken:VARIANT:zeros|nan"
+#: what broken:VARIANT:HOW does to the output
+BROKEN = {"zeros": 0.0, "nan": float("nan")}
 #: the most a plant may add or get wrong: a slowdown of 100x its median, an output 100x off; past that a plant
 #: only stalls the run (slow:...:1e308 would spin for ever)
 MAX_AMOUNT = {"slow": 100.0, "wrong": 100.0}
@@ -34,20 +37,24 @@ class Plant:
     slow: float = 0.0
     extra_nxn: bool = False
     wrong: float = 0.0
+    broken: str = ""  # a key of BROKEN, or nothing
 
     def as_dict(self) -> dict:
-        fields = (("slow", self.slow), ("extra_nxn", 1 if self.extra_nxn else 0), ("wrong", self.wrong))
+        fields = (("slow", self.slow), ("extra_nxn", 1 if self.extra_nxn else 0), ("wrong", self.wrong),
+                  ("broken", self.broken))
         return {k: v for k, v in fields if v}
 
     def wrap_attention(self, attention: Callable) -> Callable:
         """``attention`` with what is planted: an extra n×n tensor kept, a relative error in the output."""
-        if not (self.extra_nxn or self.wrong):
+        if not (self.extra_nxn or self.wrong or self.broken):
             return attention
 
         def planted(q, k, v):
             out = attention(q, k, v)
             if self.wrong:
                 out = out * (1 + self.wrong)
+            if self.broken:
+                out = out * BROKEN[self.broken]  # through autograd: the gradients follow
             if self.extra_nxn:
                 extra = torch.empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2], device=q.device, dtype=q.dtype)
                 out = _KeepExtraNxN.apply(out, extra)
@@ -91,6 +98,11 @@ def _parse(text: str | None) -> dict[str, Plant]:
                 raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; {parts[0].upper()} amount must be a positive "
                                  f"number of at most {MAX_AMOUNT[parts[0]]:g}; expected {FORMS}")
             setattr(plants.setdefault(parts[1], Plant()), parts[0], amount)
+        elif parts[0] == "broken" and len(parts) == 3:
+            if parts[2] not in BROKEN:
+                raise ValueError(f"{PLANT_ENV}: cannot parse {item!r}; HOW must be one of {', '.join(BROKEN)}; "
+                                 f"expected {FORMS}")
+            plants.setdefault(parts[1], Plant()).broken = parts[2]
         elif parts[0] == "extra_nxn" and len(parts) == 2:
             plants.setdefault(parts[1], Plant()).extra_nxn = True
         else:

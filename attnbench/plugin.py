@@ -114,11 +114,16 @@ def _build_session(config: pytest.Config) -> AttnSession:
     elif device == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--attn-device cuda: no CUDA device is available (use auto or cpu)")
     preset = opts["preset"] or (DEFAULT_CUDA_PRESET if device == "cuda" else DEFAULT_CPU_PRESET)
-    timing = Timing(opts["timing"] or options.DEFAULT_TIMING, opts["flush-l2"])
+    l2 = opts["l2"]
+    if opts["flush-l2"]:
+        if l2 == "warm":
+            raise pytest.UsageError("--attn-flush-l2 and --attn-l2 warm contradict each other: give one")
+        l2 = "flush"
+    if device == "cpu" and l2 == "flush":
+        raise pytest.UsageError("--attn-l2 flush (--attn-flush-l2) flushes a GPU's L2 cache and needs CUDA")
+    timing = Timing(opts["timing"] or options.DEFAULT_TIMING, device == "cuda" and l2 != "warm")
     if device == "cpu" and timing.mode == "cudagraph":
         raise pytest.UsageError("--attn-timing cudagraph needs CUDA (on CPU use device or wall)")
-    if device == "cpu" and timing.flush_l2:
-        raise pytest.UsageError("--attn-flush-l2 flushes a GPU's L2 cache and needs CUDA")
     try:
         cells, left_out = expand(
             device, preset, variants=opts["variants"], seq_lens=opts["seq-lens"], head_dims=opts["head-dims"],

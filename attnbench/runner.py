@@ -392,7 +392,7 @@ class CellRunner:
             target = self.plant.slow_target(target, self._median_s(target, setup), self.cell.device)
         timed_target, timed_setup = target, setup
         if self.timing.flush_l2:
-            timed_setup = L2Flush(self.cell.device).before(setup)
+            timed_setup = L2Flush(self.cell.device).after(setup)
         if on_cuda and self.timing.mode == "wall":
             timed_target, timed_setup = synchronized(timed_target), synchronized(timed_setup)
         elif on_cuda:

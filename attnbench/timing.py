@@ -120,8 +120,8 @@ def wall_s(target: Callable[[], object], device: str) -> float:
 
 
 class L2Flush:
-    """Writes a buffer twice the size of the GPU's L2 cache, so a round starts with a cold cache
-    (what ``triton.testing.do_bench`` does)."""
+    """Writes a buffer twice the size of the GPU's L2 cache, so the timed call starts with a cold cache
+    (what ``triton.testing.do_bench`` does before every call)."""
 
     def __init__(self, device: str = "cuda"):
         l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 64 * 2**20
@@ -130,15 +130,16 @@ class L2Flush:
     def __call__(self) -> None:
         self.buffer.zero_()
 
-    def before(self, setup: Callable[[], object] | None) -> Callable[[], None]:
-        """``setup`` preceded by the flush."""
+    def after(self, setup: Callable[[], object] | None) -> Callable[[], None]:
+        """``setup`` (the backward's untimed forward, say) followed by the flush: what the timed call then
+        reads comes from memory, not from an L2 the setup just warmed."""
 
-        def flushed_setup() -> None:
-            self()
+        def setup_then_flush() -> None:
             if setup is not None:
                 setup()
+            self()
 
-        return flushed_setup
+        return setup_then_flush
 
 
 def cuda_event_median_s(

@@ -270,3 +270,67 @@ def test_gpu_flex_matches_the_reference_and_keeps_no_nxn(causal, mask, heads_kv,
     check_against_reference("flex", q, k, v, grad_out, causal, mask)
     census = census_of_attention(VARIANTS["flex"].fn, q, k, v, causal=causal, mask=mask)
     assert census.nxn_count == 0, f"flex kept an n×n tensor on CUDA:\n{census.describe()}"
+
+
+# -- flex's block-mask cache: keyed by everything the mask depends on
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_block_masks_are_keyed_by_both_lengths_and_the_device(causal):
+    from attention_impls import flex
+
+    if VARIANTS["flex"].unavailable_reason("cpu", torch.float32):
+        pytest.skip(VARIANTS["flex"].unavailable_reason("cpu", torch.float32))
+    flex._block_mask.cache_clear()
+    shapes = [(64, 2), (2, 64), (64, 64)]
+    built = {shape: flex.block_mask_for(*shape, causal, None, "cpu") for shape in shapes}
+    for (seq_q, seq_k), block_mask in built.items():
+        assert tuple(block_mask.shape[-2:]) == (seq_q, seq_k), f"block mask for {seq_q}x{seq_k}: {block_mask.shape}"
+    assert flex._block_mask.cache_info().currsize == len(shapes), "one block mask per (seq_q, seq_k)"
+    assert flex.block_mask_for(64, 2, causal, None, torch.device("cpu")) is built[(64, 2)], "a second call is a hit"
+    window = flex.block_mask_for(64, 64, causal, masks.sliding_window(4), "cpu")
+    assert window is not built[(64, 64)] and flex._block_mask.cache_info().currsize == len(shapes) + 1
+
+
+@pytest.mark.parametrize(("seq_q", "seq_k"), [(64, 2), (2, 64), (17, 33)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flex_with_unequal_lengths_matches_the_reference(seq_q, seq_k, causal):
+    """A block mask built for one shape used for another was refused on CUDA (block_mask was created for
+    64x64 but got kv_len=2); each (seq_q, seq_k) now has its own."""
+    if VARIANTS["flex"].unavailable_reason("cpu", torch.float32):
+        pytest.skip(VARIANTS["flex"].unavailable_reason("cpu", torch.float32))
+    generator = torch.Generator().manual_seed(seq_q * 100 + seq_k)
+    q = torch.randn(2, 2, seq_q, 16, generator=generator).requires_grad_()
+    k, v = (torch.randn(2, 2, seq_k, 16, generator=generator).requires_grad_() for _ in range(2))
+    grad_out = torch.randn(q.shape, generator=generator)
+    check_against_reference("flex", q, k, v, grad_out, causal, None)
+
+
+GPU_FLEX_SHAPES = [  # (seq_q, seq_k, head_dim, dtype, causal): unequal lengths, half precision, odd head_dims
+    (64, 2, 16, torch.float16, True),
+    (2, 64, 64, torch.bfloat16, True),
+    (100, 37, 59, torch.bfloat16, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex compiles its kernels on CUDA only: needs a CUDA GPU")
+@pytest.mark.parametrize(("seq_q", "seq_k", "head_dim", "dtype", "causal"), GPU_FLEX_SHAPES,
+                         ids=["64x2-d16-fp16-causal", "2x64-d64-bf16-causal", "100x37-d59-bf16"])
+def test_gpu_flex_with_unequal_lengths_matches_the_reference(seq_q, seq_k, head_dim, dtype, causal):
+    generator = torch.Generator().manual_seed(seq_q + seq_k + head_dim)
+    q = torch.randn(2, 2, seq_q, head_dim, generator=generator).to("cuda", dtype).requires_grad_()
+    k, v = (torch.randn(2, 2, seq_k, head_dim, generator=generator).to("cuda", dtype).requires_grad_()
+            for _ in range(2))
+    grad_out = torch.randn(q.shape, generator=generator).to("cuda", dtype)
+    check_against_reference("flex", q, k, v, grad_out, causal, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_flex_refuses_a_head_dim_below_16_naming_the_limit():
+    q = k = v = torch.empty(1, 1, 8, 8, device="cuda")
+    reason = VARIANTS["flex"].shape_reason(q, k, v)
+    assert reason is not None and "head_dim >= 16" in reason and "got 8" in reason, reason
+    with pytest.raises(ValueError, match="head_dim >= 16"):
+        VARIANTS["flex"].fn(q, k, v)

@@ -186,12 +186,29 @@ def test_bad_cli_value_is_a_usage_error(suite, option, value, message):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--attn-timing", "cudagraph"], "--attn-timing cudagraph needs CUDA"),
-    (["--attn-flush-l2"], "--attn-flush-l2 flushes a GPU's L2 cache and needs CUDA"),
+    (["--attn-flush-l2"], "flushes a GPU's L2 cache and needs CUDA"),
+    (["--attn-l2", "flush"], "--attn-l2 flush (--attn-flush-l2) flushes a GPU's L2 cache and needs CUDA"),
+    (["--attn-l2", "cold"], "unknown L2 mode 'cold'; allowed: flush, warm"),
+    (["--attn-flush-l2", "--attn-l2", "warm"], "contradict each other"),
 ])
 def test_gpu_only_timing_on_cpu_is_a_usage_error(suite, args, message):
     result = run(suite, "--collect-only", "--attn-device", "cpu", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, f"{args} on CPU should be a usage error, got {result.ret}"
     assert message in result.stderr.str(), result.stderr.str()
+
+
+def test_l2_warm_on_cpu_runs_unflushed(suite):
+    result = run(suite, "--collect-only", "-q", "--attn-device", "cpu", "--attn-l2", "warm")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+
+
+@pytest.mark.parametrize("ini", ["attn_flush_l2 = maybe", "attn_timing_check = 2"])
+def test_a_flag_ini_that_is_not_a_boolean_is_a_usage_error(suite, ini):
+    suite.makeini(f"[pytest]\n{ini}\n")
+    result = run(suite, "--collect-only", "--attn-device", "cpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, f"{ini}: expected exit 4, got {result.ret}"
+    key, value = (part.strip() for part in ini.split("="))
+    assert key in result.stderr.str() and repr(value) in result.stderr.str(), result.stderr.str()
 
 
 def test_ini_twin_sets_the_grid(suite):
@@ -235,7 +252,7 @@ def test_options_and_defaults_in_help(suite):
     assert result.ret == pytest.ExitCode.OK
     text = " ".join(result.stdout.str().split())  # help wraps lines
     for option in ("preset", "device", "variants", "seq-lens", "head-dims", "batch", "heads", "dtypes", "causal",
-                   "timing", "flush-l2", "memory-compare-fail", "timing-check"):
+                   "timing", "l2", "flush-l2", "memory-compare-fail", "timing-check"):
         assert f"--attn-{option}" in text, f"--attn-{option} missing from --help"
     for default in (f"(default: {DEFAULT_TIMING})", "(default: seed on CUDA, cpu-small on CPU)",
                     "(default: auto = cuda when available)"):

@@ -290,15 +290,18 @@ def test_a_cell_the_variant_refuses_at_run_time_is_skipped_with_its_reason(monke
     ("extra_nxn:weights_only", {"weights_only": Plant(extra_nxn=True)}),
     ("slow:naive:3, extra_nxn:naive", {"naive": Plant(slow=3.0, extra_nxn=True)}),
     ("wrong:triton_flash:1e-3", {"triton_flash": Plant(wrong=1e-3)}),
+    ("broken:sdpa_cudnn:zeros,broken:flex:nan", {"sdpa_cudnn": Plant(broken="zeros"), "flex": Plant(broken="nan")}),
 ])
 def test_parse_plants_accepts(text, expected):
     assert parse_plants(text) == expected
 
 
 @pytest.mark.parametrize("text", ["slow:naive", "slow:naive:lots", "slow:naive:nan", "slow:naive:-1", "extra_nxn",
-                                  "fast:naive:1", "extra_nxn:a:b", "wrong:naive", "wrong:naive:0"])
+                                  "fast:naive:1", "extra_nxn:a:b", "wrong:naive", "wrong:naive:0", "broken:naive",
+                                  "broken:naive:ones"])
 def test_parse_plants_rejects_naming_the_forms(text):
-    with pytest.raises(ValueError, match="expected slow:VARIANT:FRACTION, extra_nxn:VARIANT or wrong:VARIANT:REL"):
+    with pytest.raises(ValueError, match="expected slow:VARIANT:FRACTION, extra_nxn:VARIANT, wrong:VARIANT:REL or "
+                                         "broken:VARIANT:zeros|nan"):
         parse_plants(text)
 
 
@@ -312,6 +315,16 @@ def test_a_plant_in_a_variant_that_does_not_exist_is_refused_naming_the_variants
     with pytest.raises(ValueError, match="no variant named nonexistent; the variants: naive, tiled"):
         parse_plants("slow:nonexistent:1.0", variants=["naive", "tiled"])
     assert parse_plants("slow:naive:1.0", variants=["naive", "tiled"]) == {"naive": Plant(slow=1.0)}
+
+
+@pytest.mark.parametrize("how", ["zeros", "nan"])
+def test_a_broken_plant_zeroes_or_poisons_the_output_and_its_gradients(how):
+    q, k, v = (torch.randn(1, 2, 8, 16, requires_grad=True) for _ in range(3))
+    attention = Plant(broken=how).wrap_attention(lambda q, k, v: VARIANTS["naive"].fn(q, k, v))
+    out = attention(q, k, v)
+    out.backward(torch.randn_like(out))
+    for t in (out, q.grad, k.grad, v.grad):
+        assert (t == 0).all() if how == "zeros" else t.isnan().all()
 
 
 def test_cpu_cell_is_predicted_against_available_ram(monkeypatch):

@@ -231,14 +231,14 @@ def test_wall_mode_runs_and_is_recorded_on_cpu(tmp_path):
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize(("mode", "flush"), [("device", False), ("wall", False), ("cudagraph", False),
-                                             ("device", True)])
+                                             ("device", True)])  # flush: the CUDA default
 def test_every_timing_mode_runs_a_cuda_grid_and_records_itself(tmp_path, mode, flush):
     from attnbench import record
 
     json_path = tmp_path / f"{mode}.json"
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q", "--attn-timing", mode,
            "--attn-variants", "naive,tiled,sdpa_efficient", "--attn-seq-lens", "256", "--attn-head-dims", "64",
-           "--benchmark-max-time", "0.02", f"--benchmark-json={json_path}", *(["--attn-flush-l2"] if flush else [])]
+           "--benchmark-max-time", "0.02", f"--benchmark-json={json_path}", *([] if flush else ["--attn-l2", "warm"])]
     env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLANT"}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
@@ -309,3 +309,22 @@ def test_cudagraph_passes_give_their_graph_memory_back():
     release_all()
     left = torch.cuda.memory_allocated() - baseline
     assert left == 0, f"{left / 2**20:.1f} MiB still held after three graphed cells were dropped"
+
+
+def test_the_l2_flush_comes_after_the_untimed_setup():
+    """The backward's setup runs the forward, which warms L2 with q, k, v and the output: the flush must come
+    after it, right before the timed call, as do_bench flushes right before each call it times."""
+    from attnbench.timing import L2Flush
+
+    calls = []
+
+    class RecordingFlush(L2Flush):
+        def __init__(self):  # no GPU buffer: only the order is under test
+            pass
+
+        def __call__(self):
+            calls.append("flush")
+
+    RecordingFlush().after(lambda: calls.append("setup"))()
+    RecordingFlush().after(None)()
+    assert calls == ["setup", "flush", "flush"]
