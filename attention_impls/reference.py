@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -60,19 +61,43 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     return torch.softmax(_masked_scores(q, k, causal, mask).float(), dim=-1).to(q.dtype) @ v
 
 
+@contextlib.contextmanager
+def fp32_reductions():
+    """fp16 and bf16 matmuls that reduce in fp32 throughout, inside the block.
+
+    torch lets cuBLAS reduce the split-K partial sums of fp16 and bf16 GEMMs in half precision
+    (``torch.backends.cuda.matmul.allow_{fp16,bf16}_reduced_precision_reduction``, True by default). A fused
+    attention kernel accumulates P·V and its gradients in fp32 registers; the plain computation it is judged
+    against must too, or its own error is that of the half-precision reduction (several times a fused kernel's
+    at long sequences; docs/accuracy.md has the numbers)."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_fp16_reduced_precision_reduction = matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction = saved
+
+
 class _PlainFromOutputAndLse(torch.autograd.Function):
     """The plain forward; the backward that a variant keeping only O and the log-sum-exp can do, done plainly."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal: bool, mask):
-        lse = torch.logsumexp(_masked_scores(q, k, causal, mask).float(), dim=-1, keepdim=True)  # fp32, as the softmax
-        out = torch.softmax(_masked_scores(q, k, causal, mask).float(), dim=-1).to(q.dtype) @ v
+        with fp32_reductions():  # as a fused kernel accumulates
+            lse = torch.logsumexp(_masked_scores(q, k, causal, mask).float(), dim=-1, keepdim=True)  # fp32
+            out = torch.softmax(_masked_scores(q, k, causal, mask).float(), dim=-1).to(q.dtype) @ v
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal, ctx.mask = causal, mask
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        with fp32_reductions():
+            return _PlainFromOutputAndLse._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         probs = torch.exp(_masked_scores(q, k, ctx.causal, ctx.mask).to(lse.dtype) - lse)  # P from the kept LSE
         grad_probs = (grad_out @ v.transpose(-2, -1)).to(lse.dtype)
