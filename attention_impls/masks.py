@@ -216,6 +216,8 @@ def parse_mask(text: str, seq_len: int | None = None, *, seed: int = 0) -> tuple
                 prefix = round(fraction * seq_len)
             else:
                 prefix = int(arg)
+                if prefix > seq_len:
+                    raise ValueError(f"prefix_lm:P needs 0 <= P <= seq_len ({seq_len}), got {prefix}")
             return causal, prefix_lm(prefix)
     except ValueError as exc:
         if "invalid literal" in str(exc) or "could not convert" in str(exc):

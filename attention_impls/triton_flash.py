@@ -687,6 +687,17 @@ def _switch(env: str) -> bool:
     return _TUNE_VALUES[value]
 
 
+def environment_problem() -> str | None:
+    """Why ``ATTNBENCH_TRITON_TUNE`` or ``ATTNBENCH_TRITON_TMA`` cannot be read (None when both can): for a
+    caller to refuse a bad value before a grid starts, rather than in every cell."""
+    for env in (TUNE_ENV, TMA_ENV):
+        try:
+            _switch(env)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def tuning() -> bool:
     """Whether the autotuner times the candidates (``ATTNBENCH_TRITON_TUNE``, on unless set off)."""
     return _switch(TUNE_ENV)

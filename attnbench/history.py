@@ -605,16 +605,18 @@ def markdown(history: History, *, page: str | None = None) -> str:
              f"{len(steps) - regressions} improvement(s))", ""]
     lines.append(f"{history.runs_read} run(s) read at {commits} commit(s) in {len(history.environments)} "
                  f"environment(s), {cells} cell line(s); {len(history.skipped)} run(s) skipped."
-                 + (f" Every cell's plot: {page}." if page else ""))
+                 + (f" Every cell's plot: {render.text(page)}." if page else ""))
     for env in history.environments:
         planted = sum(1 for c in env.commits if c.plants)
-        lines.append(f"- {env.label}: {len(env.commits)} commit(s) from {env.commits[0].commit.short_id} to "
-                     f"{env.commits[-1].commit.short_id}, {len(env.series)} cell(s)"
+        lines.append(f"- {render.text(env.label)}: {len(env.commits)} commit(s) from "
+                     f"{render.code(env.commits[0].commit.short_id)} to {render.code(env.commits[-1].commit.short_id)}, "
+                     f"{len(env.series)} cell(s)"
                      + (f"; {planted} commit(s) measured with planted regressions" if planted else ""))
     if steps:
         shown = steps[:SUMMARY_STEPS]
         lines += ["", f"Latest steps{f' ({len(shown)} of {len(steps)})' if len(steps) > len(shown) else ''}:", ""]
-        rows = [[f"`{s.commit.short_id}`", s.commit.time.date().isoformat(), f"`{s.cell}`", METRICS[s.metric].label,
+        rows = [[render.code(s.commit.short_id), s.commit.time.date().isoformat(), render.code(s.cell),
+                 METRICS[s.metric].label,
                  format_value(s.metric, s.before), format_value(s.metric, s.after), f"{s.ratio:.3g}×",
                  f"{s.noise_multiple:.1f}σ" + (f", p={s.p_value:.2g}" if s.p_value is not None else ""),
                  f"**{s.verdict}**"] for s in shown]
@@ -626,7 +628,7 @@ def markdown(history: History, *, page: str | None = None) -> str:
         shown = history.skipped[:SUMMARY_SKIPPED]
         count = f" ({len(shown)} of {len(history.skipped)})" if len(history.skipped) > len(shown) else ""
         lines += ["", f"Skipped runs{count}:", ""]
-        lines.append(render.table(["run", "why skipped"], [[f"`{s.path}`", s.reason] for s in shown]))
+        lines.append(render.table(["run", "why skipped"], [[render.code(s.path), render.text(s.reason)] for s in shown]))
     return "\n".join(lines) + "\n"
 
 

@@ -95,8 +95,10 @@ def _asset(name: str) -> str:
 
 def html(history: History) -> str:
     """The whole page."""
-    # "</" inside the JSON would end the script element; "<\/" reads back as the same string
-    data = json.dumps(page_data(history), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    # Every "<" escaped: "</script" would end the script element and "<!--" would put the tokenizer in a state
+    # where the element never ends (a branch named feature/<!--<script> blanked the page); "\u003c" reads
+    # back as the same string. "\u2028"/"\u2029" are escaped by json.dumps' ensure_ascii already.
+    data = json.dumps(page_data(history), separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     return (_asset("history_page.html")
             .replace("/*STYLE*/", _asset("history_page.css"))
             .replace("/*SCRIPT*/", _asset("history_page.js"))

@@ -132,6 +132,12 @@ def _build_session(config: pytest.Config) -> AttnSession:
         )
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if any(cell.variant == "triton_flash" for cell in cells):
+        from attention_impls import triton_flash
+
+        problem = triton_flash.environment_problem()
+        if problem is not None:  # refused before the grid, not once per cell after it
+            raise pytest.UsageError(f"{problem} (triton_flash reads it)")
     return AttnSession(
         device=device, preset=preset, cells=cells, left_out=left_out, timing=timing,
         timing_check=opts["timing-check"], memory_compare_fail=opts["memory-compare-fail"], plants=_plants(),
@@ -290,6 +296,9 @@ def _guard_saving(config: pytest.Config, s: AttnSession) -> None:
             s.storage_lock = StorageLock(directory)
         except StorageBusy as exc:
             raise pytest.UsageError(str(exc)) from None
+        except OSError as exc:  # read-only, a file where the folder should be, no permission: before measuring
+            raise pytest.UsageError(f"--benchmark-storage {directory}: cannot save runs there "
+                                    f"({exc.strerror or exc}); pass a folder this user can write") from None
 
     def save(run_directory: Path, name: str, output_json: dict) -> Path:
         complete = output_json.get("attnbench", {}).get("complete", True)

@@ -553,6 +553,9 @@ def read_json(path: str | Path, role: str = "run") -> dict:
         data = json.loads(text)  # NaN and Infinity parse; the field checks below name where they are
     except (json.JSONDecodeError, ValueError) as exc:
         raise RunError(f"{role} file {path} is not JSON, not readable as JSON ({exc}); {RUN_HINT}") from None
+    except RecursionError:
+        raise RunError(f"{role} file {path} nests too deeply to be read (no run of this suite does); "
+                       f"{RUN_HINT}") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) \
             or not isinstance(data.get("machine_info"), dict):
         raise RunError(f"{role} file {path} is not a pytest-benchmark run (no 'benchmarks' or 'machine_info'); "
@@ -580,6 +583,8 @@ def parse(data: dict, *, path: Path | None = None, role: str = "run") -> Run:
         return _Reader(where, data, section, version).run(path)
     except (TypeError, KeyError, AttributeError, ValueError) as exc:  # a shape no check above foresaw
         raise RunError(f"{where}: malformed ({type(exc).__name__}: {exc}); the run cannot be trusted") from None
+    except RecursionError:  # a field nested past what any check walks
+        raise RunError(f"{where}: nested too deeply; the run cannot be trusted") from None
 
 
 _NUMBER_TYPES = frozenset((int, float))
@@ -851,7 +856,7 @@ class _Reader:
         fields = self.mapping(entry, "accuracy", fields)
         if not isinstance(fields.get("plain_fits"), bool):
             self.fail(entry, "accuracy.plain_fits is not true or false")
-        floor = self.number(entry, "accuracy.floor", fields.get("floor"))
+        floor = self.number(entry, "accuracy.floor", fields.get("floor"), positive=True)  # a bound divides by it
         tensors_fields = self.mapping(entry, "accuracy.tensors", fields.get("tensors"))
         if set(tensors_fields) != set(TENSORS):
             self.fail(entry, f"accuracy.tensors holds {sorted(tensors_fields)}, expected {', '.join(TENSORS)}")
@@ -867,8 +872,8 @@ class _Reader:
                 errors[k] = None if t.get(k) is None else self.number(entry, f"{where}.{k}", t[k])
             plain = t.get("plain_max_abs_error")
             plain = None if plain is None else self.number(entry, f"{where}.plain_max_abs_error", plain)
-            bound = self.number(entry, f"{where}.bound", t.get("bound"))
-            optional = {k: None if t.get(k) is None else self.number(entry, f"{where}.{k}", t[k])
+            bound = self.number(entry, f"{where}.bound", t.get("bound"), positive=True)
+            optional = {k: None if t.get(k) is None else self.number(entry, f"{where}.{k}", t[k], positive=k == "floor")
                         for k in _OPTIONAL_TENSOR_KEYS}
             tensors[name] = TensorError(errors["max_abs_error"], errors["rel_rms_error"], plain, bound, **counts,
                                         **optional)
@@ -904,6 +909,9 @@ class _Reader:
             if pass_name in rec.passes:
                 self.fail(where, f"a second {pass_name} result for cell {key}")
             stats = entry["stats"] if plain_stats else self.stats(where, entry.get("stats"))
+            problem = _impossible_stats(stats)
+            if problem is not None:
+                self.fail(where, problem)
             flops = self.number(where, "extra_info.flops", info.get("flops"), positive=True)
             checks = {k: info[k] for k in OPTIONAL_PASS_KEYS if info.get(k) is not None}
             if checks and not _plain_numbers(list(checks.values())):
@@ -911,6 +919,30 @@ class _Reader:
             options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
             rec.passes[pass_name] = PassResult(name, pass_name, stats, flops, checks, options)
         return other
+
+
+#: what the order of a benchmark's statistics may be off by: float rounding of the same numbers
+_ORDER_SLACK = 1e-9
+#: statistics that are times of a round: a round takes time, so none may be 0
+TIME_STATS = ("min", "max", "mean", "median", "q1", "q3")
+
+
+def _impossible_stats(stats: dict) -> str | None:
+    """Why well-typed statistics cannot be a benchmark's (a time of 0, min above the median, ...), or None.
+
+    Every figure the reader accepts is one the tools can use: a median of 0 would divide by zero in the report
+    and read as a -100% change in the gate."""
+    for name in TIME_STATS:
+        if stats[name] <= 0:
+            return f"stats.{name} is {stats[name]!r}: a round takes time, expected > 0"
+    order = [("min", stats["min"]), ("q1", stats["q1"]), ("median", stats["median"]), ("q3", stats["q3"]),
+             ("max", stats["max"])]
+    for (low_name, low), (high_name, high) in zip(order, order[1:]):
+        if low > high * (1 + _ORDER_SLACK):
+            return f"stats.{low_name} ({low!r}) is above stats.{high_name} ({high!r})"
+    if not stats["min"] * (1 - _ORDER_SLACK) <= stats["mean"] <= stats["max"] * (1 + _ORDER_SLACK):
+        return f"stats.mean ({stats['mean']!r}) is outside [min, max] ({stats['min']!r}, {stats['max']!r})"
+    return None
 
 
 def _plain_accuracy(fields) -> Accuracy | None:
@@ -929,6 +961,8 @@ def _plain_accuracy(fields) -> Accuracy | None:
     counts = [t.get(k) for t in tensors for k in ("nan_count", "inf_count")]
     if not (_plain_numbers(figures) and _plain_numbers(counts, integer=True)):
         return None
+    if not (fields["floor"] > 0 and all(t["bound"] > 0 and t.get("floor", 1) > 0 for t in tensors)):
+        return None  # a bound or floor of 0: the field checks name it
     return Accuracy({name: TensorError(t["max_abs_error"], t["rel_rms_error"], t.get("plain_max_abs_error"), t["bound"],
                                        t["nan_count"], t["inf_count"], t.get("ref_max_abs"), t.get("floor"))
                      for name, t in zip(TENSORS, tensors)},

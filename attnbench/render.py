@@ -18,6 +18,12 @@ that are not finite (a broken measurement shows up, it neither crashes nor hides
     percent(fraction)    "12.3%" (signed=True: "+12.3%"): a fraction as a percentage, one decimal
     tflops(flop_per_s)   "312.45": TFLOP/s, two decimals
 
+Text from a run (labels, reasons, paths: anything a user or a run file chose) goes through ``text`` or
+``code`` before it meets markdown, so that it shows as written and never renders as markup::
+
+    text(value)          emphasis, code and link punctuation backslash-escaped, <, > and & as entities
+    code(value)          a code span that holds any backticks in ``value``
+
 The bare formatters (``ms``, ``mib``, ``gib``, ``gb``, ``tflops``) leave the unit to the column header
 ("fwd ms", "peak MiB"); ``duration`` and ``size`` pick the unit and write it.
 """
@@ -29,7 +35,7 @@ from collections.abc import Iterable, Sequence
 
 from tabulate import tabulate
 
-__all__ = ["MISSING", "duration", "gb", "gib", "mib", "ms", "percent", "size", "table", "tflops"]
+__all__ = ["MISSING", "code", "duration", "gb", "gib", "mib", "ms", "percent", "size", "table", "text", "tflops"]
 
 #: what a cell shows when there is no value.
 MISSING = "–"
@@ -53,6 +59,31 @@ def table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
         body.append(row)
     # disable_numparse: a cell is printed as given ("8224.0" stays "8224.0", "1e3" stays "1e3")
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+#: what starts emphasis, code, links or strike-through mid-line ("|" is left to table(), which escapes it; "#",
+#: "-" and the like only act at a line's start, where this text never stands)
+_MARKDOWN_PUNCTUATION = "\\`*_[]~"
+_ESCAPES = {c: "\\" + c for c in _MARKDOWN_PUNCTUATION} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def text(value) -> str:
+    """``str(value)`` as literal markdown text: no link, image, HTML or emphasis it holds takes effect."""
+    escaped = "".join(_ESCAPES.get(c, c) for c in str(value).replace("\r\n", " ").replace("\n", " "))
+    # GitHub turns bare URLs into links: an entity in the scheme's colon, or in "www.", keeps them text
+    return escaped.replace("://", "&#58;//").replace("www.", "www&#46;")
+
+
+def code(value) -> str:
+    """``str(value)`` as a markdown code span, fenced by more backticks than it holds in a row."""
+    value = str(value).replace("\r\n", " ").replace("\n", " ")
+    run, longest = 0, 0
+    for c in value:
+        run = run + 1 if c == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    pad = " " if value.startswith("`") or value.endswith("`") else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
 
 
 def _cell(value) -> str:

@@ -423,3 +423,38 @@ def test_history_of_1000_runs_of_300_cells(tmp_path, benchmark):
     print(f"\n1000 runs × 300 cells: read, steps found and page written in {benchmark.stats['median']:.1f} s; "
           f"page {(tmp_path / 'site' / 'index.html').stat().st_size / 2**20:.1f} MiB; {len(h.steps)} steps")
 
+
+
+HOSTILE = "feature/<!--<script>"
+
+
+def test_a_page_with_markup_in_its_data_still_runs_and_shows_it_as_text(cells, tmp_path, browser):
+    """A valid git branch name such as feature/<!--<script> (here in an environment label) put the HTML
+    tokenizer in a state where the data's script element never ended: a blank page. Every "<" inside the
+    script element is escaped now."""
+    store = tmp_path / ".benchmarks" / "Linux-CPython-3.11-64bit"
+    rng = np.random.default_rng(3)
+    for index in range(3):
+        save(make_run(index, cells, rng, env={"gpu_name": HOSTILE}), store / f"{index + 1:04d}_run.json")
+    page = history_page.write(history.build_history([store.parent]), tmp_path / "site")
+    text = page.read_text()
+    data_script = text.split('id="history-data">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in data_script, "no raw '<' inside the data's script element"
+    browser.get(page.as_uri())
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 20).until(
+        lambda d: d.execute_script("return window.historyPage && window.historyPage.ready"))
+    assert HOSTILE in browser.execute_script("return document.body.innerText"), "the label shows as text"
+
+
+def test_the_markdown_summary_shows_labels_and_reasons_as_text(cells, tmp_path):
+    store = tmp_path / ".benchmarks" / "Linux-CPython-3.11-64bit"
+    rng = np.random.default_rng(5)
+    for index in range(2):
+        save(make_run(index, cells, rng, env={"gpu_name": "<img src=x onerror=alert(1)>"}),
+             store / f"{index + 1:04d}_run.json")
+    (store / "0003_[link](https:__example.com).json").write_text("{")  # skipped, its name and reason listed
+    summary = history.markdown(history.build_history([store.parent]))
+    assert "<img" not in summary and "&lt;img src=x onerror=alert(1)&gt;" in summary, summary
+    assert "0003_[link](https:__example.com).json`" in summary, "a skipped run's path shows in a code span"

@@ -234,6 +234,7 @@ def test_document_cells_see_the_same_documents_every_time():
     (dict(masks=("causal",), causal=(True,)), "give one"),
     (dict(heads=16, heads_kv=(3,)), "heads_kv 3 does not divide heads 16"),
     (dict(masks=("document:300",), seq_lens=(128,)), "1 <= D <= seq_len"),
+    (dict(masks=("prefix_lm:1000",), seq_lens=(64,)), r"prefix_lm:P needs 0 <= P <= seq_len \(64\), got 1000"),
 ])
 def test_grid_refuses_axes_that_contradict(kwargs, match):
     with pytest.raises(ValueError, match=match):

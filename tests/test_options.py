@@ -226,6 +226,22 @@ def test_cli_option_wins_over_its_ini_twin(suite):
     assert {m["seq"] for m in collected_ids(result)} == {"32"}, result.stdout.str()
 
 
+@pytest.mark.parametrize("env", ["ATTNBENCH_TRITON_TUNE", "ATTNBENCH_TRITON_TMA"])
+def test_a_bad_triton_flash_switch_is_refused_before_the_grid(suite, monkeypatch, env):
+    from attention_impls import get_variant
+
+    reason = get_variant("triton_flash").unavailable_reason("cpu", torch.float32)
+    if reason is not None:
+        pytest.skip(f"triton_flash is not in a CPU grid here: {reason}")
+    monkeypatch.setenv(env, "maybe")
+    result = run(suite, "--collect-only", "--attn-device", "cpu", "--attn-variants", "triton_flash,naive")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, f"{env}=maybe: expected exit 4, got {result.ret}"
+    assert f"{env}='maybe': expected on or off" in result.stderr.str(), result.stderr.str()
+    monkeypatch.setenv(env, "maybe")
+    result = run(suite, "--collect-only", "--attn-device", "cpu", "--attn-variants", "naive")
+    assert result.ret == pytest.ExitCode.OK, "a grid without triton_flash does not read the switch"
+
+
 def test_bad_ini_value_is_a_usage_error_naming_the_key(suite):
     suite.makeini("[pytest]\nattn_dtypes = fp8\n")
     result = run(suite, "--collect-only")

@@ -30,3 +30,13 @@ def test_readme_states_the_commands_ci_and_users_run():
     ci = (README.parent / ".ci" / "run").read_text()
     assert '"$venv/bin/pytest")' in ci, ".ci/run's newest lane must run the README's test command, `pytest`"
     assert '"$PYTHON" -m venv' in ci, ".ci/run must make a new virtual environment for each lane"
+
+
+def test_gpu_bench_workflow_keeps_main_runs_and_keeps_the_token_out_of_git_config():
+    """One concurrency group for every run let a queued PR run cancel a pending main baseline; a token in a
+    remote URL lands in the runner's .git/config."""
+    text = (README.parent / ".github" / "workflows" / "gpu-bench.yml").read_text()
+    group = next(line for line in text.splitlines() if line.strip().startswith("group:"))
+    assert "pull_request.number" in group and "'main'" in group, group
+    assert "cancel-in-progress: ${{ github.event_name == 'pull_request' }}" in text
+    assert "@github.com" not in text and "http.extraheader" in text

@@ -194,6 +194,48 @@ def _sites(data: dict) -> list[tuple]:
     return sites
 
 
+#: a value nested past any recursion limit, written into the JSON text in the placeholder's place
+DEEP_PLACEHOLDER = "<nested 100000 deep>"
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda stats: stats.update(median=0.0), "stats.median is 0.0: a round takes time"),
+    (lambda stats: stats.update(min=stats["max"] * 2), "is above stats.q1"),
+    (lambda stats: stats.update(median=stats["max"] * 2), "stats.median"),
+    (lambda stats: stats.update(mean=stats["max"] * 3), "stats.mean"),
+], ids=["median-zero", "min-above-q1", "median-above-max", "mean-outside"])
+def test_impossible_statistics_are_refused_naming_them(tiny, capsys, tmp_path, edit, says):
+    """Well typed but impossible: every figure the reader accepts must be one the tools can use (a median of 0
+    divided by zero in the report, and read as a -100% change in the gate)."""
+    data = tiny.data()
+    edit(data["benchmarks"][0]["stats"])
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    code, out, err = report(capsys, path)
+    assert code == 2 and says in err and out == "", f"exit {code}\n{err}"
+    code, out, err = gate(capsys, tiny.json_path, path)
+    assert code == 2 and says in err, f"exit {code}\n{err}"
+
+
+@pytest.mark.parametrize("field", ["bound", "floor"])
+def test_an_accuracy_bound_or_floor_of_zero_is_refused(tiny, capsys, tmp_path, field):
+    data = tiny.data()
+    accuracy = next(c["accuracy"] for c in data["attnbench"]["cells"] if c.get("accuracy"))
+    (accuracy["tensors"]["out"] if field == "bound" else accuracy)[field] = 0.0
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    code, _, err = report(capsys, path)
+    assert code == 2 and field in err and "expected > 0" in err, f"exit {code}\n{err}"
+
+
+def test_a_run_nested_past_the_recursion_limit_is_refused(capsys, tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"benchmarks": [], "machine_info": {}, "x": ' + DEEP_JSON + "}")
+    code, out, err = report(capsys, path)
+    assert code == 2 and "nests too deeply" in err and out == "", f"exit {code}\n{err}"
+
+
 @pytest.mark.parametrize("field", ["accuracy_s", "ref_max_abs"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -1, "garbage", []], ids=["nan", "inf", "negative", "string", "list"])
 def test_an_optional_figure_that_is_not_a_number_is_refused(tiny, capsys, tmp_path, field, bad):
@@ -212,8 +254,10 @@ def test_an_optional_figure_that_is_not_a_number_is_refused(tiny, capsys, tmp_pa
 #: replacements no field the reader relies on may take; strings only where a string is not valid
 MUTATIONS = {
     "delete": None, "null": None, "nan": math.nan, "inf": math.inf, "-inf": -math.inf, "negative": -1,
-    "list": [], "object": {}, "string": "garbage",
+    "list": [], "object": {}, "string": "garbage", "zero": 0, "deep": DEEP_PLACEHOLDER,
 }
+#: fields where 0 is a valid value (a spread, a memory figure, a check's seconds, an exactly-zero reference)
+_ZERO_VALID = {"iqr", "accuracy_s", "ref_max_abs", *record.REQUIRED_MEMORY}
 #: fields where any string is a valid value: mutating them to one is not a corruption
 _ANY_STRING = {"fullname"}
 #: optional fields: deleting them or setting them null leaves a valid run
@@ -223,7 +267,8 @@ _OPTIONAL = {"accuracy_s", "ref_max_abs"}
 def _mutate(data: dict, site: tuple, kind: str) -> bool:
     """Apply ``kind`` at ``site``; False when that mutation would leave a valid run."""
     *parents, last = site
-    if kind == "string" and last in _ANY_STRING or kind in ("delete", "null") and last in _OPTIONAL:
+    if (kind == "string" and last in _ANY_STRING or kind in ("delete", "null") and last in _OPTIONAL
+            or kind == "zero" and last in _ZERO_VALID):
         return False
     node = data
     for key in parents:
@@ -245,7 +290,8 @@ def test_mutated_runs_are_never_judged_and_never_crash(tiny, capsys, tmp_path_fa
     if not _mutate(run, site, kind):
         return
     path = tmp_path_factory.mktemp("mutated") / "run.json"
-    path.write_text(json.dumps(run))  # NaN and inf are written as JSON's non-standard tokens
+    text = json.dumps(run)  # NaN and inf are written as JSON's non-standard tokens
+    path.write_text(text.replace(json.dumps(DEEP_PLACEHOLDER), DEEP_JSON))
     side = data.draw(st.sampled_from(["baseline", "current"]), label="side")
     pair = (path, tiny.json_path) if side == "baseline" else (tiny.json_path, path)
     code, out, err = gate(capsys, *pair)
@@ -422,3 +468,15 @@ def test_a_replaced_file_keeps_its_mode_and_a_new_one_gets_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640, "a new file should get 0666 less the umask"
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file"])
+def test_a_storage_that_cannot_hold_runs_is_a_usage_error_before_measuring(tmp_path, where):
+    (tmp_path / "a-file").write_text("")
+    store = tmp_path / "a-file" if where == "a-file" else tmp_path / "a-file" / "storage"
+    proc = subprocess.run(_suite_cmd("--benchmark-autosave", f"--benchmark-storage={store}"), check=False,
+                          cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 4, f"exit {proc.returncode}, expected 4 (usage error):\n{output[-3000:]}"
+    assert "cannot save runs there" in output and "INTERNALERROR" not in output, output[-3000:]
+    assert "PASSED" not in output, "nothing is measured into a storage that cannot hold it"

@@ -108,10 +108,31 @@ def test_tflops_has_two_decimals(flop_per_s, text):
 
 def test_every_formatter_takes_none_and_non_finite_values():
     formatters = [ms, mib, gib, gb, duration, size, percent, tflops]
-    assert {name for name in render.__all__ if callable(getattr(render, name)) and name != "table"} == {
+    assert {name for name in render.__all__ if callable(getattr(render, name))
+            and name not in ("table", "text", "code")} == {
         f.__name__ for f in formatters
     }, "a new formatter must be added to this test"
     for formatter in formatters:
         assert formatter(None) == MISSING, f"{formatter.__name__}(None) should be {MISSING!r}"
         for value, text in NOT_FINITE:
             assert formatter(value) == text, f"{formatter.__name__}({value}) should show {text!r}"
+
+
+@pytest.mark.parametrize(("raw", "absent"), [
+    ("<img src=x onerror=alert(1)>", "<img"),
+    ("[click](https://example.com)", "[click]("),
+    ("see https://example.com/x", "https://"),
+    ("www.example.com", "www.example"),
+    ("**bold** _it_ `code` ~~gone~~", "**"),
+    ("feature/<!--<script>", "<!--"),
+])
+def test_text_from_a_run_never_renders_as_markup(raw, absent):
+    shown = render.text(raw)
+    assert absent not in shown, shown
+    assert "\n" not in render.text("two\nlines")
+
+
+def test_code_spans_hold_any_backticks():
+    assert render.code("plain") == "`plain`"
+    assert render.code("a``b") == "```a``b```"
+    assert render.code("`x") == "`` `x ``"
