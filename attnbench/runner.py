@@ -72,9 +72,12 @@ def release_memory() -> None:
     graph capture warms up on a side stream from PyTorch's pool of 32, so cudagraph runs accumulate at most 32
     of them (64 MiB each on an H200). Freeing them would make the next cell's first matmul allocate its
     workspace inside the measured region: an H200 run that did so (34e143d) measured 32 MiB more before
-    backward and 64 MiB more at the peak for every cuBLAS variant."""
-    gc.collect()
+    backward and 64 MiB more at the peak for every cuBLAS variant.
+
+    Without CUDA there is no allocator to empty and no graph to free, and a full collection costs about 0.1 s
+    with torch loaded (five per cell: most of a small CPU grid's time): CPU memory goes back as tensors die."""
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
 
