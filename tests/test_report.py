@@ -87,7 +87,10 @@ def with_second_head_dim(data: dict, head_dim: int, time_factor: float) -> dict:
     for b in list(data["benchmarks"]):
         twin = copy.deepcopy(b)
         twin["params"]["head_dim"] = head_dim
-        twin["stats"]["median"] *= time_factor
+        for name in ("min", "max", "mean", "median", "q1", "q3", "iqr", "stddev"):  # every round that much slower
+            twin["stats"][name] *= time_factor
+        if twin["stats"].get("data"):
+            twin["stats"]["data"] = [t * time_factor for t in twin["stats"]["data"]]
         twin["name"] = twin["name"].replace("-d16-", f"-d{head_dim}-")
         data["benchmarks"].append(twin)
     for c in list(data["attnbench"]["cells"]):
