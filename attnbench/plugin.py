@@ -29,6 +29,11 @@ from .runner import CellRunner
 from .signals import sigterm_as_ctrl_c
 from .timing import DeviceClock
 
+#: the exit status of a run asked to compare (--benchmark-compare) that had nothing to compare with: the status
+#: of every attnbench tool that cannot judge (pytest itself uses 2 for an interrupted run, which also judged
+#: nothing)
+EXIT_CANNOT_JUDGE = 2
+
 
 @dataclass
 class AttnSession:
@@ -62,6 +67,7 @@ class AttnSession:
     pytest_session: pytest.Session | None = None
     compared_runs: list[Run] = field(default_factory=list)  # --benchmark-compare's runs, read by our reader
     compare_findings: list = field(default_factory=list)  # regressions against --benchmark-compare's run
+    compare_unjudged: bool = False  # --benchmark-compare was asked for and no run could be compared with
 
     def runner(self, cell: Cell) -> CellRunner:
         if cell.key not in self.runners:
@@ -429,6 +435,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
         s.stop_reason = _STOPS[exitstatus]
     elif session.shouldstop or session.shouldfail:
         s.stop_reason = f"stopped early: {session.shouldstop or session.shouldfail}"
+    if (session.config.getoption("benchmark_compare", None) and not s.compared_runs and s.records
+            and not pb_compat.benchmarks_disabled(session.config)):
+        # pytest-benchmark only warns when the run to compare with cannot be read (truncated, empty): a gate
+        # that compared nothing must not pass
+        s.compare_unjudged = True
+        if session.exitstatus == 0:
+            session.exitstatus = EXIT_CANNOT_JUDGE
     compare = s.memory_compare_fail is not None or (s.accuracy and s.compared_runs)
     if compare:
         from .compare import compare_runs
@@ -478,6 +491,10 @@ def _summary(terminalreporter, config: pytest.Config) -> None:
     if not records and not s.planned:
         return
     tr = terminalreporter
+    if s.compare_unjudged:
+        tr.write_line(f"CANNOT JUDGE (exit {EXIT_CANNOT_JUDGE}): --benchmark-compare had no run to compare with: "
+                      "pytest-benchmark could not read the stored run (see its warning above), so nothing was "
+                      "compared; save a complete run first (--benchmark-autosave), or name one", red=True, bold=True)
     tr.section("attnbench")
     not_ok = [r for r in records if r.status not in ("ok", "wrong", "pending")]
     tr.write_line(f"{sum(r.status in ('ok', 'wrong') for r in records)} cells measured, "

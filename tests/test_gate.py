@@ -410,6 +410,25 @@ def test_in_run_compare_fail_gives_a_verdict_line_not_a_traceback(runs, tmp_path
 # -- nothing judged unseen, nothing overwritten
 
 
+@pytest.mark.parametrize("spoil", ["truncated", "empty"])
+def test_in_run_compare_with_an_unreadable_stored_run_cannot_judge(runs, tmp_path, spoil):
+    """pytest-benchmark only warns when the run to compare with cannot be read; with a planted extra n×n and
+    --attn-memory-compare-fail=0 the documented PR gate then passed. Now it exits 2 and says so."""
+    import shutil
+
+    storage = tmp_path / "storage"
+    shutil.copytree(runs.baseline.json_path.parent / "storage", storage)
+    (stored,) = storage.glob("*/0001_*.json")
+    text = stored.read_text()
+    stored.write_text(text[: len(text) // 2] if spoil == "truncated" else "")
+    run = run_suite(tmp_path / "unjudged.json", "--benchmark-compare", f"--benchmark-storage={storage}",
+                    "--attn-memory-compare-fail=0", env={"ATTNBENCH_PLANT": "extra_nxn:weights_only"})
+    assert run.returncode == 2, f"exit {run.returncode}, expected 2 (cannot judge):\n{run.output[-3000:]}"
+    assert "CANNOT JUDGE (exit 2): --benchmark-compare had no run to compare with" in run.output, run.output[-3000:]
+    assert "Traceback" not in run.output, run.output[-3000:]
+
+
+
 def _every_cell(status: str, message: str):
     def edit(data: dict) -> None:
         data["benchmarks"] = []
