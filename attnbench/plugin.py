@@ -26,7 +26,7 @@ from .record import (
     run_section,
 )
 from .runner import CellRunner
-from .signals import sigterm_as_ctrl_c
+from .signals import stop_after_the_current_step
 from .timing import DeviceClock
 
 #: the exit status of a run asked to compare (--benchmark-compare) that had nothing to compare with: the status
@@ -63,7 +63,7 @@ class AttnSession:
     saved_path: Path | None = None
     storage_lock: object = None
     terminated: bool = False  # SIGTERM arrived: the run stops as on Ctrl-C and is saved, marked incomplete
-    sigterm: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # SIGTERM as Ctrl-C, until unconfigure
+    sigterm: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # Ctrl-C/SIGTERM stop, until unconfigure
     pytest_session: pytest.Session | None = None
     compared_runs: list[Run] = field(default_factory=list)  # --benchmark-compare's runs, read by our reader
     compare_findings: list = field(default_factory=list)  # regressions against --benchmark-compare's run
@@ -283,11 +283,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     s = attn_session(config)
     s.pytest_session = session
     _guard_saving(config, s)
-    s.sigterm.enter_context(sigterm_as_ctrl_c(on_sigterm=lambda: setattr(s, "terminated", True)))
+    s.sigterm.enter_context(stop_after_the_current_step(lambda signum, reason: _request_stop(s, signum, reason)))
     if s.device == "cuda":
         from .machine import gpu_sample
 
         s.gpu_start = gpu_sample()
+
+
+def _request_stop(s: AttnSession, signum: int, reason: str) -> None:
+    """Ctrl-C or SIGTERM: pytest stops after the running benchmark (``session.shouldstop``), exits 2 and saves
+    the run apart, marked incomplete; the signal never lands inside a benchmark's record or the save."""
+    import signal
+
+    if signum == signal.SIGTERM:
+        s.terminated = True
+    message = f"attnbench: {reason}: stopping after the running benchmark, saving what was measured " \
+              "(again to stop at once)"
+    if s.pytest_session is not None:
+        s.pytest_session.shouldstop = reason
+        _warn(s.pytest_session.config, message)
+    else:
+        import sys
+
+        print(message, file=sys.stderr)
 
 
 def _guard_saving(config: pytest.Config, s: AttnSession) -> None:

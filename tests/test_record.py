@@ -347,24 +347,26 @@ def test_a_stopped_run_is_saved_apart_marked_incomplete(tmp_path, capsys, sig, r
     assert code == 2 and "incomplete run" in err
 
 
-SIGTERM_MID_BENCHMARK = """
+SIGNALS_MID_BENCHMARK = """
 import os, signal
 from pytest_benchmark.fixture import BenchmarkFixture
 
 _pedantic = BenchmarkFixture.pedantic
+SIGNALS = [getattr(signal, name) for name in os.environ["MID_BENCHMARK_SIGNALS"].split(",")]
 
 
-def pedantic(self, target, *args, **kwargs):  # SIGTERM at the third round of the backward at seq_len 64
+def pedantic(self, target, *args, **kwargs):  # the signals at the third round of the backward at seq_len 64
     if "test_backward" in self.fullname and "-s64-" in self.fullname:
         calls = []
 
-        def target_then_sigterm(*a, **k):
+        def target_then_signals(*a, **k):
             calls.append(1)
             if len(calls) == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
+                for signum in SIGNALS:
+                    os.kill(os.getpid(), signum)
             return target(*a, **k)
 
-        return _pedantic(self, target_then_sigterm, *args, **kwargs)
+        return _pedantic(self, target_then_signals, *args, **kwargs)
     return _pedantic(self, target, *args, **kwargs)
 
 
@@ -372,21 +374,42 @@ BenchmarkFixture.pedantic = pedantic
 """
 
 
-def test_a_benchmark_stopped_mid_rounds_is_left_out_and_the_run_stays_readable(tmp_path, capsys):
-    """SIGTERM inside a benchmark's rounds: pytest-benchmark has a few rounds of it and none of the pass's facts;
-    the saved run leaves it out (a reader would refuse the run otherwise) and keeps what finished."""
-    (tmp_path / "sigterm_plugin.py").write_text(SIGTERM_MID_BENCHMARK)
-    env = {**_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+def _run_with_signals_mid_benchmark(tmp_path, signals: str):
+    (tmp_path / "signals_plugin.py").write_text(SIGNALS_MID_BENCHMARK)
+    env = {**_env(), "MID_BENCHMARK_SIGNALS": signals,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     out = tmp_path / "run.json"
     cmd = _suite_cmd(f"--benchmark-json={out}", "--attn-seq-lens", "32,64,96", "--attn-variants", "naive",
-                     "-p", "sigterm_plugin")
+                     "-p", "signals_plugin")
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-2000:]
-    saved = json.loads(out.read_text())
+    assert "INTERNALERROR" not in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    return out, json.loads(out.read_text())
+
+
+def test_a_signal_mid_benchmark_lets_that_benchmark_finish_and_stops_the_run(tmp_path, capsys):
+    """SIGTERM (or Ctrl-C) inside a benchmark's rounds: the benchmark finishes, whole, and the run stops there,
+    saved apart as incomplete; the signal never lands inside a record or the save."""
+    out, saved = _run_with_signals_mid_benchmark(tmp_path, "SIGTERM")
+    names = [b["fullname"] for b in saved["benchmarks"]]
+    run = record.load(out)
+    assert not run.complete and run.stop_reason == "terminated (SIGTERM)"
+    assert set(run.cells["naive-s64-d16-b2-h2-fp32-full"].passes) == {"backward"}, f"it finished: {names}"
+    later = run.cells["naive-s96-d16-b2-h2-fp32-full"]  # the backward file runs first, then the forward's
+    assert (later.status, later.passes) == ("pending", {}), "nothing after it is measured"
+    code, _, err = report(capsys, out)
+    assert code == 0 and "incomplete run" in err
+
+
+def test_a_second_signal_stops_mid_rounds_and_that_benchmark_is_left_out(tmp_path, capsys):
+    """Ctrl-C twice inside a benchmark's rounds: the second acts at once; pytest-benchmark then has a few rounds
+    of it and none of the pass's facts, and the saved run leaves it out (a reader would refuse the run otherwise)
+    and keeps what finished."""
+    out, saved = _run_with_signals_mid_benchmark(tmp_path, "SIGINT,SIGINT")
     names = [b["fullname"] for b in saved["benchmarks"]]
     assert not any("test_backward" in n and "-s64-" in n for n in names), names
     run = record.load(out)
-    assert not run.complete and run.stop_reason == "terminated (SIGTERM)"
+    assert not run.complete and run.stop_reason == "interrupted (Ctrl-C)"
     assert any("test_backward" in n and "-s32-" in n for n in names), f"what finished is kept: {names}"
     assert set(run.cells["naive-s32-d16-b2-h2-fp32-full"].passes) == {"backward"}
     stopped_in = run.cells["naive-s64-d16-b2-h2-fp32-full"]
