@@ -61,6 +61,11 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     return torch.softmax(_masked_scores(q, k, causal, mask).float(), dim=-1).to(q.dtype) @ v
 
 
+def _accumulated(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the precision a fused kernel accumulates its products in: fp32 for fp16/bf16, else its own."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 @contextlib.contextmanager
 def fp32_reductions():
     """fp16 and bf16 matmuls that reduce in fp32 throughout, inside the block.
@@ -85,8 +90,9 @@ class _PlainFromOutputAndLse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal: bool, mask):
         with fp32_reductions():  # as a fused kernel accumulates
-            lse = torch.logsumexp(_masked_scores(q, k, causal, mask).float(), dim=-1, keepdim=True)  # fp32
-            out = torch.softmax(_masked_scores(q, k, causal, mask).float(), dim=-1).to(q.dtype) @ v
+            scores = _masked_scores(_accumulated(q), _accumulated(k), causal, mask)  # S never rounded to q's dtype
+            lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+            out = torch.softmax(scores, dim=-1).to(q.dtype) @ v  # P rounded to v's dtype for P·V, as a kernel does
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal, ctx.mask = causal, mask
         return out
@@ -99,8 +105,8 @@ class _PlainFromOutputAndLse(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        probs = torch.exp(_masked_scores(q, k, ctx.causal, ctx.mask).to(lse.dtype) - lse)  # P from the kept LSE
-        grad_probs = (grad_out @ v.transpose(-2, -1)).to(lse.dtype)
+        probs = torch.exp(_masked_scores(_accumulated(q), _accumulated(k), ctx.causal, ctx.mask) - lse)  # from the LSE
+        grad_probs = _accumulated(grad_out) @ _accumulated(v).transpose(-2, -1)  # dP in the accumulator too
         delta = (grad_out.to(lse.dtype) * out.to(lse.dtype)).sum(dim=-1, keepdim=True)  # D from the kept O
         grad_scores = (probs * (grad_probs - delta)).to(q.dtype) * softmax_scale(q.shape[-1])
         grad_v = probs.to(v.dtype).transpose(-2, -1) @ grad_out
