@@ -97,12 +97,11 @@ def crosscheck(run, *, variants: set | None, seq_lens: set | None, rep_ms: float
 
 
 def table(rows: list[Row]) -> str:
-    from tabulate import tabulate
+    from . import render
 
-    body = [[f"`{r.cell}`", r.pass_name, f"{r.suite_s * 1e3:.4g}", f"{r.do_bench_s * 1e3:.4g}", f"{r.ratio:.3f}"]
-            for r in rows]
-    return tabulate(body, headers=["cell", "pass", "suite median ms", "do_bench median ms", "suite / do_bench"],
-                    tablefmt="github", disable_numparse=True)
+    return render.table(["cell", "pass", "suite median ms", "do_bench median ms", "suite / do_bench"],
+                        [[render.code(r.cell), r.pass_name, render.ms(r.suite_s), render.ms(r.do_bench_s),
+                          f"{r.ratio:.3f}"] for r in rows])
 
 
 def main(args: argparse.Namespace) -> int:

@@ -43,3 +43,9 @@ def test_a_gpu_run_agrees_with_do_bench(tmp_path, capsys):
     assert {r["pass_name"] for r in rows} == {"forward", "backward"}
     assert all(0.5 < r["ratio"] < 2 for r in rows), rows
     assert "suite / do_bench" in capsys.readouterr().out
+
+
+def test_the_table_names_both_medians_and_their_ratio():
+    text = crosscheck.table([crosscheck.Row("naive-s1024-d64-b4-h8-bf16-full", "backward", 2.04e-3, 2.0e-3)])
+    assert "`naive-s1024-d64-b4-h8-bf16-full`" in text and "| backward" in text
+    assert "| 2.04 " in text and "| 2 " in text and "| 1.020 " in text, text
