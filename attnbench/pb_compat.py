@@ -5,8 +5,11 @@ the plugin everything but the saving itself. For one run at a time per storage, 
 runs set apart (``attnbench.storage``), :func:`install_saving` replaces two methods of pytest-benchmark's
 session object. How those look differs by release:
 
-- 5.2: ``--benchmark-json`` is parsed by ``argparse.FileType("wb")``, so the session holds an open file;
-  ``save_json`` writes into it. It reads ``node._nodeid``, which pytest 9.2 removed: it cannot run there.
+- 5.2: ``--benchmark-json`` is parsed by ``argparse.FileType("wb")``: parsing the command line truncates the
+  file, so a usage error or a run killed before its end left an earlier run there at 0 bytes. This module is
+  also a pytest plugin (the ``pytest11`` entry point, loaded before the command line is parsed) that swaps
+  that type for :class:`DeferredJsonFile`, which opens nothing until it is written to. ``save_json`` writes
+  into it. It reads ``node._nodeid``, which pytest 9.2 removed: it cannot run there.
 - 5.3: ``--benchmark-json`` is a ``pathlib.Path``; ``save_json`` opens it when the run ends.
 
 The adapter tells the two ``--benchmark-json`` forms apart by what it is handed. Both keep the storage as
@@ -17,7 +20,9 @@ says so once and leaves pytest-benchmark's own saving in place rather than guess
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+import weakref
+from collections.abc import Callable, Iterator
 from os import PathLike
 from pathlib import Path
 
@@ -29,7 +34,7 @@ from pytest_benchmark.stats import Stats
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_commit_info, get_machine_id, get_tag
 
-__all__ = ["TESTED_SERIES", "PerformanceRegression", "Stats", "generate_machine_info", "get_commit_info",
+__all__ = ["TESTED_SERIES", "DeferredJsonFile", "PerformanceRegression", "Stats", "generate_machine_info", "get_commit_info",
            "get_machine_id", "get_tag", "install_saving", "pb_version", "series", "unsupported_reason"]
 
 # major.minor releases of pytest-benchmark this adapter was tested with (tests/test_pb_compat.py runs each)
@@ -111,8 +116,8 @@ def install_saving(config: pytest.Config, *, write_json: Callable[[Path, dict], 
 
 
 def _json_target(value) -> Path | None:
-    """Where ``--benchmark-json`` goes: 5.2 hands an open file (closed here: the run is written in one step
-    instead), 5.3 a path."""
+    """Where ``--benchmark-json`` goes: 5.2 hands a :class:`DeferredJsonFile` (or, where this module's plugin
+    was not loaded, an open file, closed here: the run is written in one step instead), 5.3 a path."""
     if isinstance(value, (str, PathLike)):
         return Path(value)
     if hasattr(value, "write") and isinstance(getattr(value, "name", None), str):
@@ -127,3 +132,85 @@ def file_storage_path(config: pytest.Config) -> Path | None:
     if bs is None or bs.disabled or not (bs.save or bs.autosave) or not isinstance(bs.storage, FileStorage):
         return None
     return Path(bs.storage.path)
+
+
+# -- --benchmark-json under 5.2: nothing is opened (and so truncated) while the command line is parsed
+
+_JSON_OPTION = "--benchmark-json"
+_parsers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # plugin manager -> its parser
+
+
+class DeferredJsonFile:
+    """A ``--benchmark-json`` path that pytest-benchmark 5.2 can hold where it expects an open file: the file is
+    opened (and truncated) by the first write, so parsing, a usage error or a killed run leave it as it was."""
+
+    mode = "wb"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._file = None
+
+    def write(self, data: bytes) -> int:
+        if self._file is None:
+            self._file = open(self.name, self.mode)  # noqa: SIM115 (closed by close() or the with block)
+        return self._file.write(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> DeferredJsonFile:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"DeferredJsonFile({self.name!r})"
+
+
+def _json_actions(parser: pytest.Parser) -> Iterator[object]:
+    """Every object through which ``parser`` converts ``--benchmark-json``: pytest's ``Argument`` (its stored
+    attributes up to 8.x) and the argparse action (pytest 9 builds its argparse parser as options are added)."""
+    for group in getattr(parser, "_groups", ()):
+        for argument in getattr(group, "options", ()):
+            if _JSON_OPTION in argument.names():
+                yield argument
+                if getattr(argument, "_action", None) is not None:
+                    yield argument._action
+    optparser = getattr(parser, "optparser", None)
+    for action in getattr(optparser, "_actions", ()):
+        if _JSON_OPTION in getattr(action, "option_strings", ()):
+            yield action
+
+
+def defer_json_open(parser: pytest.Parser) -> bool:
+    """Make ``--benchmark-json`` parse to a :class:`DeferredJsonFile` where it parses to an open file (5.2).
+    Returns whether anything was changed."""
+    changed = False
+    for holder in _json_actions(parser):
+        attrs = getattr(holder, "_attrs", None)
+        if isinstance(attrs, dict) and isinstance(attrs.get("type"), argparse.FileType):
+            attrs["type"] = DeferredJsonFile
+            changed = True
+        if isinstance(getattr(holder, "type", None), argparse.FileType):
+            try:
+                holder.type = DeferredJsonFile
+            except AttributeError:  # pytest 9.2's Argument.type is a read-only view of its action's
+                continue
+            changed = True
+    return changed
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    _parsers[pluginmanager] = parser
+    defer_json_open(parser)  # pytest-benchmark registered first
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    parser = _parsers.get(manager)
+    if parser is not None and getattr(plugin, "__name__", "") == "pytest_benchmark.plugin":
+        defer_json_open(parser)  # pytest-benchmark registered after this module: its options exist now

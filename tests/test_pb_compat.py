@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,58 @@ def test_pytest_benchmark_5_2_is_refused_plainly_under_pytest_9_2(pb, pytest_ver
     assert (reason is not None) == refused, reason
     if refused:
         assert "pytest-benchmark>=5.3" in reason
+
+
+# -- --benchmark-json onto an earlier run: nothing is truncated before the run writes its own
+
+EARLIER_RUN = '{"an earlier run": "kept"}\n'
+KILLED_MID_RUN = """\
+import os, signal
+
+
+def test_killed(benchmark):
+    benchmark(sum, [1, 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _pytest_in(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    """A pytest of its own in ``directory`` (no conftest of this project, so only the entry points load)."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(directory),
+                           *args], cwd=directory, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["usage-error", "killed-mid-run"])
+def test_benchmark_json_onto_an_earlier_run_keeps_it_until_the_run_writes(tmp_path, case):
+    """pytest-benchmark 5.2 opened the file for writing while parsing options: a usage error or a SIGKILL left
+    the earlier run at 0 bytes (5.3 takes a path; the test holds for both)."""
+    target = tmp_path / "run.json"
+    target.write_text(EARLIER_RUN)
+    (tmp_path / "test_killed.py").write_text(KILLED_MID_RUN)
+    if case == "usage-error":
+        proc = _pytest_in(tmp_path, f"--benchmark-json={target}", "--no-such-option")
+        assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    else:
+        proc = _pytest_in(tmp_path, f"--benchmark-json={target}", "test_killed.py")
+        assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert target.read_text() == EARLIER_RUN, f"{case} changed the earlier run: {target.read_bytes()[:80]!r}"
+
+
+def test_a_deferred_json_file_opens_on_its_first_write(tmp_path):
+    target = tmp_path / "run.json"
+    target.write_text(EARLIER_RUN)
+    deferred = pb_compat.DeferredJsonFile(str(target))
+    deferred.close()
+    assert target.read_text() == EARLIER_RUN and str(deferred) == str(target)
+    with deferred as fh:
+        fh.write(b'{"new": 1}')
+    assert target.read_text() == '{"new": 1}'
+
+
+def test_benchmark_json_still_writes_the_run(tmp_path):
+    (tmp_path / "test_b.py").write_text("def test_b(benchmark):\n    benchmark(sum, [1, 2])\n")
+    target = tmp_path / "run.json"
+    target.write_text(EARLIER_RUN)
+    proc = _pytest_in(tmp_path, f"--benchmark-json={target}", "test_b.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [b["name"] for b in json.loads(target.read_text())["benchmarks"]] == ["test_b"]
