@@ -84,8 +84,8 @@ def install_saving(config: pytest.Config, *, write_json: Callable[[Path, dict], 
                    save_run: Callable[[Path, str, dict], Path] | None,
                    warn: Callable[[str], None]) -> bool:
     """Route pytest-benchmark's saving through ``write_json(path, output_json)`` (``--benchmark-json``) and
-    ``save_run(directory, name, output_json) -> saved path`` (``--benchmark-save``/``--benchmark-autosave`` into a
-    file storage; None leaves those alone). Returns False, after one ``warn``, where this release is unknown and
+    ``save_run(directory, name, output_json) -> saved path or None`` (``--benchmark-save``/``--benchmark-autosave``
+    into a file storage; None leaves those alone). Returns False, after one ``warn``, where this release is unknown and
     pytest-benchmark saves as it always does."""
     bs = _session(config)
     if bs is None or bs.disabled:
@@ -109,7 +109,8 @@ def install_saving(config: pytest.Config, *, write_json: Callable[[Path, dict], 
         def save(output_json: dict, name: str) -> None:
             directory = storage.path / storage.default_machine_id if storage.default_machine_id else storage.path
             saved = save_run(directory, name, output_json)
-            storage.logger.info(f"Saved benchmark data in: {saved}")
+            if saved is not None:  # None: it could not be written, and save_run said so
+                storage.logger.info(f"Saved benchmark data in: {saved}")
 
         storage.save = save
     return True

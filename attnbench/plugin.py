@@ -33,6 +33,9 @@ from .timing import DeviceClock
 #: of every attnbench tool that cannot judge (pytest itself uses 2 for an interrupted run, which also judged
 #: nothing)
 EXIT_CANNOT_JUDGE = 2
+#: the exit status of a run that measured but could not write its record (disk full, a file size limit): the
+#: status of every attnbench tool whose output could not be written
+EXIT_OUTPUT_ERROR = 3
 
 
 @dataclass
@@ -68,6 +71,7 @@ class AttnSession:
     compared_runs: list[Run] = field(default_factory=list)  # --benchmark-compare's runs, read by our reader
     compare_findings: list = field(default_factory=list)  # regressions against --benchmark-compare's run
     compare_unjudged: bool = False  # --benchmark-compare was asked for and no run could be compared with
+    save_failures: list[str] = field(default_factory=list)  # what could not be written, and why
 
     def runner(self, cell: Cell) -> CellRunner:
         if cell.key not in self.runners:
@@ -324,13 +328,33 @@ def _guard_saving(config: pytest.Config, s: AttnSession) -> None:
             raise pytest.UsageError(f"--benchmark-storage {directory}: cannot save runs there "
                                     f"({exc.strerror or exc}); pass a folder this user can write") from None
 
-    def save(run_directory: Path, name: str, output_json: dict) -> Path:
+    def write_json(path: Path, output_json: dict) -> None:
+        try:
+            write_json_atomically(path, output_json)
+        except OSError as exc:
+            _save_failed(config, s, f"--benchmark-json {path}", exc)
+
+    def save(run_directory: Path, name: str, output_json: dict) -> Path | None:
         complete = output_json.get("attnbench", {}).get("complete", True)
-        s.saved_path = save_numbered(run_directory, name, output_json, complete=complete)
+        try:
+            s.saved_path = save_numbered(run_directory, name, output_json, complete=complete)
+        except OSError as exc:
+            _save_failed(config, s, f"the run into {run_directory}", exc)
         return s.saved_path
 
-    pb_compat.install_saving(config, write_json=write_json_atomically, save_run=save,
-                             warn=lambda message: _warn(config, message))
+    pb_compat.install_saving(config, write_json=write_json, save_run=save, warn=lambda message: _warn(config, message))
+
+
+def _save_failed(config: pytest.Config, s: AttnSession, what: str, exc: OSError) -> None:
+    """A save that failed (disk full, a file size limit, permissions): said in one line, exit 3, and the other
+    saves of the run still tried. Writes are atomic, so nothing half-written is left and an earlier file of the
+    same name is as it was."""
+    failure = f"could not write {what}: {exc.strerror or exc}"
+    s.save_failures.append(failure)
+    _warn(config, f"attnbench: {failure}; nothing was written there (an earlier file of that name is unchanged). "
+                  f"Free space, or save elsewhere, and run again (exit {EXIT_OUTPUT_ERROR})")
+    if s.pytest_session is not None:
+        s.pytest_session.exitstatus = EXIT_OUTPUT_ERROR
 
 
 def _warn(config: pytest.Config, message: str) -> None:
@@ -523,6 +547,8 @@ def _summary(terminalreporter, config: pytest.Config) -> None:
         where = f"; saved apart as {s.saved_path}" if s.saved_path else ""
         tr.write_line(f"INCOMPLETE RUN: {s.stop_reason}{where}. It is marked incomplete: the gate, the report and "
                       "--benchmark-compare will not take it for a whole run.", red=True, bold=True)
+    for failure in s.save_failures:
+        tr.write_line(f"NOT SAVED (exit {EXIT_OUTPUT_ERROR}): {failure}", red=True, bold=True)
     if s.device == "cuda" and s.gpu_start is not None:
         from .machine import flags, gpu_sample
 

@@ -7,8 +7,10 @@ share one run without a fixture in conftest.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -41,17 +43,21 @@ class SuiteRun:
 
 
 def run_suite(json_path: Path, *options: str, cwd: Path = REPO_ROOT, env: dict | None = None,
-              expect_json: bool = True) -> SuiteRun:
+              expect_json: bool = True, max_file_bytes: int | None = None) -> SuiteRun:
     """``python -m pytest benchmarks`` on the tiny grid, saving pytest-benchmark's JSON at ``json_path``.
 
-    ``env`` adds variables (e.g. ATTNBENCH_PLANT) to a copy of this process's environment without one.
+    ``env`` adds variables (e.g. ATTNBENCH_PLANT) to a copy of this process's environment without one;
+    ``max_file_bytes`` limits the size of any file the run writes (as a full disk would, with EFBIG).
     """
     env_overrides = env
     env = {key: value for key, value in os.environ.items() if key != "ATTNBENCH_PLANT"}
     env.update(SUITE_ENV, **(env_overrides or {}))
     cmd = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "-q",
            f"--benchmark-json={json_path}", *TINY_GRID, *options]
-    proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    limit = None if max_file_bytes is None else functools.partial(
+        resource.setrlimit, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
     output = proc.stdout + proc.stderr
     assert json_path.exists() or not expect_json, (
         f"{' '.join(cmd)} wrote no JSON (exit {proc.returncode}):\n{output[-3000:]}")

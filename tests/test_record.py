@@ -503,3 +503,22 @@ def test_a_storage_that_cannot_hold_runs_is_a_usage_error_before_measuring(tmp_p
     assert proc.returncode == 4, f"exit {proc.returncode}, expected 4 (usage error):\n{output[-3000:]}"
     assert "cannot save runs there" in output and "INTERNALERROR" not in output, output[-3000:]
     assert "PASSED" not in output, "nothing is measured into a storage that cannot hold it"
+
+
+def test_a_full_disk_at_the_save_says_so_exits_3_and_leaves_earlier_files_as_they_were(tmp_path):
+    """A file-size limit below the run's size (EFBIG, as ENOSPC on a full disk): both saves are tried, each
+    failure is one line, nothing half-written is left, and the run exits 3 (its output could not be written)."""
+    from suite_runs import run_suite
+
+    earlier = '{"an earlier run": "kept"}'
+    (tmp_path / "run.json").write_text(earlier)
+    store = tmp_path / "storage"
+    run = run_suite(tmp_path / "run.json", "--benchmark-autosave", f"--benchmark-storage={store}",
+                    max_file_bytes=8192)
+    assert run.returncode == 3, f"exit {run.returncode}, expected 3:\n{run.output[-3000:]}"
+    assert "Traceback" not in run.output and "INTERNALERROR" not in run.output, run.output[-3000:]
+    assert run.output.count("could not write") == 4, run.output[-3000:]  # each save: its line and its summary
+    assert "NOT SAVED (exit 3): could not write --benchmark-json" in run.output, run.output[-3000:]
+    assert "NOT SAVED (exit 3): could not write the run into" in run.output, run.output[-3000:]
+    assert (tmp_path / "run.json").read_text() == earlier
+    assert not list(store.rglob("*.json")) and not list(tmp_path.rglob("*.tmp")), list(tmp_path.rglob("*"))
