@@ -212,14 +212,20 @@ class _CellRun:
                                        self.device)
         return {"peak_bytes": int(peak), "mem_before_backward_bytes": int(before)}
 
-    def _fits(self, local_bytes: int, copies: int) -> str | None:
-        """Why ``copies`` local tensors of ``local_bytes`` cannot fit on the rank with the least free memory."""
-        if self.device.type != "cuda":
-            return None
-        free = _max_over_ranks([-float(torch.cuda.mem_get_info(self.device)[0])], self.device)[0] * -1
+    def _fits(self, local_bytes: int, copies: int, ranks: int | None = None) -> str | None:
+        """Why ``copies`` tensors of ``local_bytes`` on each of ``ranks`` ranks (default: all) cannot fit: on CUDA
+        the rank with the least free memory; on CPU the host's available memory, which the ranks share."""
         need = copies * local_bytes
-        if need > free:
-            return f"needs about {render.size(need)} per rank, {render.size(free)} free on the fullest rank"
+        if self.device.type == "cuda":
+            free = _max_over_ranks([-float(torch.cuda.mem_get_info(self.device)[0])], self.device)[0] * -1
+            if need > free:
+                return f"needs about {render.size(need)} per rank, {render.size(free)} free on the fullest rank"
+            return None
+        available = host_available_bytes()
+        ranks = self.world_size if ranks is None else ranks
+        if available is not None and need * ranks > available:
+            return (f"needs about {render.size(need)} per rank, {ranks} rank(s) on this host, "
+                    f"{render.size(available)} available")
         return None
 
     def ring(self, block: str, seq_len: int, causal: bool) -> dict:
@@ -278,7 +284,12 @@ class _CellRun:
             if reason is not None:
                 record = {"status": "skipped", "message": reason}
             else:
-                record = self._guarded(lambda: self._single(variant, seq_len, causal))
+                a = self.args
+                element = torch.empty(0, dtype=self.dtype).element_size()
+                # the other ranks wait at a barrier, holding what their last cell left: counted as one rank
+                reason = self._fits(a.batch * a.heads * seq_len * a.head_dim * element, 24, ranks=1)
+                record = ({"status": "oom-predicted", "message": reason} if reason else
+                          self._guarded(lambda: self._single(variant, seq_len, causal)))
         self.synchronize()
         return record
 
@@ -616,16 +627,18 @@ def run(args) -> int:
     if unwritable:
         print(f"attnbench cp: {unwritable}; nothing was measured", file=sys.stderr)
         return EXIT_OUTPUT_ERROR
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+    device_type = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    launching = "RANK" not in os.environ or "WORLD_SIZE" not in os.environ
+    unrunnable = _device_problem(device_type, args.nproc if launching else None)
+    if unrunnable:  # before torchrun starts: its workers would each fail and end in its traceback
+        print(f"attnbench cp: {unrunnable}; nothing was measured", file=sys.stderr)
+        return EXIT_USAGE
+    if launching:
         if args.nproc is None:
             print("attnbench cp: run it under torchrun (torchrun --nproc-per-node N -m attnbench cp ...), "
                   "or pass --nproc N to start torchrun", file=sys.stderr)
             return EXIT_USAGE
         return _start_torchrun(args.nproc, args.argv)
-    device_type = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_type == "cuda" and not torch.cuda.is_available():
-        print("attnbench cp: --device cuda, and torch sees no GPU", file=sys.stderr)
-        return EXIT_USAGE
     if device_type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -647,6 +660,32 @@ def run(args) -> int:
     finally:
         dist.destroy_process_group()
     return status
+
+
+def _device_problem(device_type: str, nproc: int | None) -> str | None:
+    """Why ``nproc`` ranks (None: already launched) cannot run on ``device_type`` here, or None."""
+    if device_type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "--device cuda, and torch sees no GPU (pass --device cpu to run the ranks on gloo)"
+    if nproc is not None and nproc > torch.cuda.device_count():
+        return f"--nproc {nproc} needs {nproc} GPUs, and torch sees {torch.cuda.device_count()}"
+    return None
+
+
+def host_available_bytes() -> int | None:
+    """The memory this host can still give processes (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _unwritable_output(args) -> str | None:

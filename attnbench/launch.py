@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,13 +160,32 @@ def _environment(shard: Shard) -> dict:
     return env
 
 
+def log_path(shard: Shard) -> Path:
+    """Where the shard's output goes: a file beside its run, never a pipe, so a shard outlives this command."""
+    return shard.json_path.with_suffix(".log")
+
+
 def _stream(shard: Shard, out, lock: threading.Lock) -> None:
-    """Print each line of the shard's output as it comes, prefixed with the shard."""
-    for line in shard.process.stdout:
-        shard.lines.append(line)
-        with lock:
-            out.write(f"[{shard.label}] {line}" if line.endswith("\n") else f"[{shard.label}] {line}\n")
-            out.flush()
+    """Print each line of the shard's output as it comes, prefixed with the shard: read from its log file until
+    the shard has ended and the file is read to its end."""
+    with open(log_path(shard), encoding="utf-8", errors="replace") as log:
+        pending = ""
+        while True:
+            ended = shard.process.poll() is not None  # checked before reading: what it wrote before ending is read
+            chunk = log.readline()
+            if not chunk:
+                if ended:
+                    break
+                time.sleep(0.05)
+                continue
+            pending += chunk
+            if not pending.endswith("\n") and not ended:
+                continue
+            shard.lines.append(pending)
+            with lock:
+                out.write(f"[{shard.label}] {pending}" if pending.endswith("\n") else f"[{shard.label}] {pending}\n")
+                out.flush()
+            pending = ""
 
 
 def start(shards: list[Shard], pytest_args: list[str], out) -> list[threading.Thread]:
@@ -178,9 +198,10 @@ def start(shards: list[Shard], pytest_args: list[str], out) -> list[threading.Th
             if hasattr(os, "sched_setaffinity"):
                 os.sched_setaffinity(0, cores)
 
-        shard.process = subprocess.Popen(pytest_command(shard, pytest_args), env=_environment(shard),
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                         preexec_fn=pin if shard.cores else None, start_new_session=True)
+        with open(log_path(shard), "wb") as log:  # a file, not a pipe: killing this command breaks no shard
+            shard.process = subprocess.Popen(pytest_command(shard, pytest_args), env=_environment(shard),
+                                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             preexec_fn=pin if shard.cores else None, start_new_session=True)
     lock = threading.Lock()
     threads = [threading.Thread(target=_stream, args=(shard, out, lock), daemon=True) for shard in shards]
     for thread in threads:

@@ -312,3 +312,34 @@ def test_cp_refuses_an_output_it_cannot_write_before_measuring(tmp_path, capsys)
     assert main(["cp", "--device", "cpu", "--seq-lens", "8", "-o", str(tmp_path / "no" / "such" / "run.json")]) == 3
     err = capsys.readouterr().err
     assert "is not a writable folder; nothing was measured" in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cp_command_with_cuda_and_no_gpu_is_refused_before_torchrun_starts(capsys):
+    from attnbench.cli import main
+
+    assert main(["cp", "--device", "cuda", "--nproc", "2", "--seq-lens", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda, and torch sees no GPU" in err and "nothing was measured" in err, err
+
+
+def test_cp_on_cpu_predicts_cells_the_host_cannot_hold_instead_of_allocating_them(tmp_path):
+    """A sequence no host holds (512 GiB of q per rank): every cell is oom-predicted, from the host's available
+    memory shared by the ranks, within seconds, and the run is saved."""
+    import subprocess
+    import sys
+
+    from attnbench.cp import host_available_bytes
+    from attnbench.record import load
+
+    assert host_available_bytes() > 0
+    run_path = tmp_path / "run.json"
+    command = [sys.executable, "-m", "attnbench", "cp", "--nproc", "2", "--device", "cpu", "--seq-lens",
+               str(2**32), "--heads", "2", "--head-dim", "16", "--dtype", "fp32", "--blocks", "sdpa_flash",
+               "--causal", "off", "-o", str(run_path)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"attnbench cp exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    statuses = {key: (rec.status, rec.message) for key, rec in load(run_path).cells.items()}
+    for key in ("ring_sdpa_flash-s4294967296-d16-b1-h2-fp32-full", "sdpa_flash-s4294967296-d16-b1-h2-fp32-full"):
+        status, message = statuses[key]
+        assert status == "oom-predicted" and "available" in message, statuses

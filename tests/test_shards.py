@@ -13,6 +13,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -461,6 +462,46 @@ def test_run_stopped_by_sigterm_merges_and_saves_what_its_shards_measured(tmp_pa
     measured = {rec.shard for rec in run.cells.values() if rec.status == "ok"}
     assert measured == {1, 2}, f"both shards' measured cells are kept: {measured}"
     assert any(rec.status == "pending" for rec in run.cells.values()), "the cells never reached are pending"
+
+
+def test_run_killed_outright_leaves_shards_that_finish_and_merge(tmp_path, capsys):
+    """SIGKILL of `attnbench run` cannot be passed on: its shards write to log files, not to its pipe, so they
+    run to the end of their grids and save in its temporary folder, where `attnbench merge` joins them
+    (docs/sharding.md)."""
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLANT"}
+    cmd = [sys.executable, "-m", "attnbench", "run", "--cpu-shards", "2", "--storage", str(tmp_path / "storage"),
+           "--", *TINY_GRID, "--attn-seq-lens", "32,40,48,56", "-v"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**env, **SUITE_ENV, "PYTHONUNBUFFERED": "1",
+                                                     "TMPDIR": str(tmp_path)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("[shard ") and "PASSED" in line:
+            proc.kill()
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    (work,) = tmp_path.glob("attnbench-shards-*")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        runs = sorted(work.rglob("*.json"))
+        if len(runs) == 2 and all(_complete_run(path) for path in runs):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the shards did not finish after their command was killed: {sorted(work.rglob('*'))}")
+    merged = tmp_path / "merged.json"
+    assert cli.main(["merge", *map(str, runs), "-o", str(merged)]) == 0, capsys.readouterr().err
+    run = record.load(merged)
+    assert run.complete and {rec.status for rec in run.cells.values()} == {"ok"}, run.cells
+
+
+def _complete_run(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text())["attnbench"]["complete"] is True
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def test_run_keeps_what_the_other_shards_measured_when_one_crashes(capsys, monkeypatch, tmp_path):
