@@ -145,6 +145,7 @@ def chromium_driver():
 
 def screenshot(page: Path, png: Path) -> None:
     """Open ``page`` in headless Chromium, wait until it has drawn the plots in view, and save a PNG."""
+    from selenium.common.exceptions import TimeoutException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = chromium_driver()
@@ -156,5 +157,9 @@ def screenshot(page: Path, png: Path) -> None:
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         if not driver.save_screenshot(str(png)):
             raise BrowserUnavailable(f"Chromium could not write {png}")
+    except TimeoutException:
+        raise BrowserUnavailable(f"the page had not drawn its plots after {SCREENSHOT_WAIT_S} s in Chromium") from None
+    except WebDriverException as exc:
+        raise BrowserUnavailable(f"Chromium failed: {exc.msg or type(exc).__name__}") from None
     finally:
         driver.quit()

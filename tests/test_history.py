@@ -389,6 +389,42 @@ def test_cli_screenshot(stepped_storage, tmp_path, capsys, browser):
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+class _NeverReadyDriver:
+    """A browser whose page never says it has drawn (a hung page, a slow machine), or whose driver fails."""
+
+    def __init__(self, fail=None):
+        self.fail, self.quit_called = fail, False
+
+    def get(self, url):
+        if self.fail:
+            raise self.fail
+
+    def execute_script(self, script):
+        return False
+
+    def quit(self):
+        self.quit_called = True
+
+
+@pytest.mark.parametrize("case", ["never-ready", "driver-fails"])
+def test_cli_screenshot_timeout_or_browser_failure_is_exit_3_naming_it(stepped_storage, tmp_path, capsys,
+                                                                        monkeypatch, case):
+    pytest.importorskip("selenium")
+    from selenium.common.exceptions import WebDriverException
+
+    from attnbench import history_page
+
+    driver = _NeverReadyDriver(WebDriverException("chrome not reachable") if case == "driver-fails" else None)
+    monkeypatch.setattr(history_page, "chromium_driver", lambda: driver)
+    monkeypatch.setattr(history_page, "SCREENSHOT_WAIT_S", 0.2)
+    storage, _ = stepped_storage
+    code, _, err = run_cli(capsys, storage, "--html", tmp_path / "site", "--screenshot", tmp_path / "page.png")
+    assert code == 3 and "Traceback" not in err, err
+    said = "the page had not drawn its plots after 0.2 s" if case == "never-ready" else "Chromium failed: chrome not reachable"
+    assert f"cannot take the screenshot: {said}" in err and driver.quit_called, err
+    assert not (tmp_path / "page.png").exists()
+
+
 # -- a large history: measured, not judged by time
 
 
