@@ -40,6 +40,7 @@ import torch.distributed as dist
 
 from . import render
 from .grid import DTYPES, Cell, parse_positive_int, parse_positive_ints
+from .machine import available_host_memory_bytes
 
 DEFAULT_SEQ_LENS = (131072, 262144)
 DEFAULT_BATCH, DEFAULT_HEADS, DEFAULT_HEAD_DIM, DEFAULT_DTYPE = 1, 16, 128, "bf16"
@@ -221,7 +222,7 @@ class _CellRun:
             if need > free:
                 return f"needs about {render.size(need)} per rank, {render.size(free)} free on the fullest rank"
             return None
-        available = host_available_bytes()
+        available = available_host_memory_bytes()
         ranks = self.world_size if ranks is None else ranks
         if available is not None and need * ranks > available:
             return (f"needs about {render.size(need)} per rank, {ranks} rank(s) on this host, "
@@ -671,21 +672,6 @@ def _device_problem(device_type: str, nproc: int | None) -> str | None:
     if nproc is not None and nproc > torch.cuda.device_count():
         return f"--nproc {nproc} needs {nproc} GPUs, and torch sees {torch.cuda.device_count()}"
     return None
-
-
-def host_available_bytes() -> int | None:
-    """The memory this host can still give processes (MemAvailable), or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _unwritable_output(args) -> str | None:

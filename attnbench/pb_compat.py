@@ -34,8 +34,9 @@ from pytest_benchmark.stats import Stats
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_commit_info, get_machine_id, get_tag
 
-__all__ = ["TESTED_SERIES", "DeferredJsonFile", "PerformanceRegression", "Stats", "generate_machine_info", "get_commit_info",
-           "get_machine_id", "get_tag", "install_saving", "pb_version", "series", "unsupported_reason"]
+__all__ = ["TESTED_SERIES", "DeferredJsonFile", "PerformanceRegression", "Stats", "generate_machine_info",
+           "get_commit_info", "get_machine_id", "get_tag", "install_saving", "pb_version", "series",
+           "unsupported_reason"]
 
 # major.minor releases of pytest-benchmark this adapter was tested with (tests/test_pb_compat.py runs each)
 TESTED_SERIES = ("5.2", "5.3")

@@ -420,7 +420,8 @@ def test_cli_screenshot_timeout_or_browser_failure_is_exit_3_naming_it(stepped_s
     storage, _ = stepped_storage
     code, _, err = run_cli(capsys, storage, "--html", tmp_path / "site", "--screenshot", tmp_path / "page.png")
     assert code == 3 and "Traceback" not in err, err
-    said = "the page had not drawn its plots after 0.2 s" if case == "never-ready" else "Chromium failed: chrome not reachable"
+    said = ("the page had not drawn its plots after 0.2 s" if case == "never-ready"
+            else "Chromium failed: chrome not reachable")
     assert f"cannot take the screenshot: {said}" in err and driver.quit_called, err
     assert not (tmp_path / "page.png").exists()
 

@@ -329,10 +329,10 @@ def test_cp_on_cpu_predicts_cells_the_host_cannot_hold_instead_of_allocating_the
     import subprocess
     import sys
 
-    from attnbench.cp import host_available_bytes
+    from attnbench.machine import available_host_memory_bytes
     from attnbench.record import load
 
-    assert host_available_bytes() > 0
+    assert available_host_memory_bytes() > 0
     run_path = tmp_path / "run.json"
     command = [sys.executable, "-m", "attnbench", "cp", "--nproc", "2", "--device", "cpu", "--seq-lens",
                str(2**32), "--heads", "2", "--head-dim", "16", "--dtype", "fp32", "--blocks", "sdpa_flash",
